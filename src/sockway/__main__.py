@@ -1,0 +1,3 @@
+from sockway.cli import main
+
+raise SystemExit(main())

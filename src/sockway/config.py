@@ -1,0 +1,262 @@
+"""Configuration: defaults < TOML file < environment variables < command-line flags.
+
+The TOML file (stdlib ``tomllib``) has a ``[server]`` table, an optional
+``[endpoint_defaults]`` table and one ``[[endpoint]]`` table per endpoint::
+
+    [server]
+    host = "127.0.0.1"
+    port = 8080
+
+    [[endpoint]]
+    prefix = "/chat"
+    mode = "broadcast"
+    history = 15
+
+Environment variables override ``[server]`` keys: ``SOCKWAY_<KEY>`` (upper case), for
+example ``SOCKWAY_PORT=9000`` or ``SOCKWAY_ALLOWED_ORIGINS=https://a.example,https://b.example``
+(lists are comma-separated). Flags override both. docs/configuration.md lists every key
+with its default and the memory it costs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+__all__ = ["ConfigError", "EndpointConfig", "ServerConfig", "load_config"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that says what to change."""
+
+
+@dataclass
+class EndpointConfig:
+    prefix: str
+    mode: str = "echo"
+    history: int = 0
+    """broadcast: messages replayed to each new client (the chat demo uses 15)."""
+    sockjs: bool = True
+    """Serve the SockJS transports under the prefix."""
+    websocket: bool = True
+    """Offer WebSocket (SockJS websocket transport and raw /websocket)."""
+    cookie_needed: bool = False
+    """Set the JSESSIONID cookie on session requests, for sticky load balancers."""
+    permessage_deflate: bool = True
+    """Negotiate permessage-deflate (RFC 7692) when a client offers it."""
+    deflate_window_bits: int = 15
+    """Largest server window (9-15). 15 costs about 256 KiB per compression, briefly."""
+    compress_threshold: int = 128
+    """Messages shorter than this many bytes are sent uncompressed."""
+    max_message_size: int = 1 << 20
+    """Largest incoming message (bytes, after decompression). WebSocket: close 1009;
+    SockJS HTTP: 413."""
+    subprotocols: list[str] = field(default_factory=list)
+    """Raw WebSocket subprotocols offered, in order of preference."""
+    heartbeat_delay: float = 25.0
+    """SockJS heartbeat and WebSocket ping interval (seconds)."""
+    ping_timeout: float = 20.0
+    """Raw WebSocket: close 1011 when a ping gets no pong within this many seconds."""
+    disconnect_delay: float = 5.0
+    """SockJS: a session with no receiving request for this long is closed."""
+    response_limit: int = 128 * 1024
+    """SockJS streaming: bytes sent before a streaming response is ended."""
+    max_buffer: int = 1 << 20
+    """Per connection: bytes queued for a client that is not reading (its kernel
+    socket buffer aside) before it is closed with 4008. This bounds memory per client."""
+    max_session_queue: int = 1 << 20
+    """SockJS HTTP sessions: bytes queued while no request is attached, before the
+    session is closed with 4009."""
+    close_timeout: float = 5.0
+    """Seconds a client gets to finish the WebSocket closing handshake."""
+    max_connections: int = 0
+    """Connections on this endpoint (0: only the server limit applies)."""
+    allowed_origins: list[str] | None = None
+    """Overrides the server's allow-list for this endpoint."""
+    keep_request_info: bool = False
+    """Keep headers and query of the opening request (about 1 KiB per connection)."""
+
+    def __post_init__(self) -> None:
+        if not self.prefix.startswith("/") or (self.prefix.endswith("/") and self.prefix != "/"):
+            raise ConfigError(
+                f"endpoint prefix {self.prefix!r} must start with '/' and not end with '/'"
+                " (for example \"/chat\")"
+            )
+        if self.prefix == "/":
+            raise ConfigError("endpoint prefix '/' is reserved for the index page")
+        if not 9 <= self.deflate_window_bits <= 15:
+            raise ConfigError("deflate_window_bits must be between 9 and 15")
+        for name in ("history", "max_message_size", "response_limit", "max_buffer",
+                     "max_session_queue", "max_connections", "compress_threshold"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"endpoint {self.prefix}: {name} must not be negative")
+        for name in ("heartbeat_delay", "disconnect_delay", "close_timeout", "ping_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"endpoint {self.prefix}: {name} must be positive")
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    cert: str | None = None
+    """TLS certificate chain (PEM). With ``key``, the server speaks HTTPS and wss://."""
+    key: str | None = None
+    allowed_origins: list[str] = field(default_factory=list)
+    """Origins allowed to open connections. Empty (the default): same origin only,
+    plus clients that send no Origin (non-browser clients). ``"*"`` allows any;
+    ``"https://*.example.com"`` a wildcard subdomain. This is the protection against
+    cross-site WebSocket hijacking."""
+    trusted_proxies: list[str] = field(default_factory=list)
+    """Addresses or CIDR networks whose X-Forwarded-For / X-Forwarded-Proto are believed."""
+    max_connections: int = 100_000
+    """Open client connections (WebSockets and SockJS sessions) on this process."""
+    shutdown_timeout: float = 5.0
+    """Seconds to wait for clients to receive their close on SIGTERM/SIGINT."""
+    sockjs_url: str = "/sockjs.min.js"
+    """Script URL the SockJS iframe page loads (iframe-based transports)."""
+    sockjs_client: str | None = None
+    """File served at /sockjs.min.js; default: node_modules/sockjs-client/dist/ found
+    from the working directory."""
+    static: str | None = None
+    """A directory served at / (demo pages)."""
+    sweep_interval: float = 1.0
+    """Seconds between checks of timeouts, heartbeats and keepalives."""
+    log_level: str = "info"
+    access_log: bool = False
+    endpoints: list[EndpointConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is not between 0 and 65535")
+        if bool(self.cert) != bool(self.key):
+            raise ConfigError("TLS needs both cert and key")
+        prefixes = [e.prefix for e in self.endpoints]
+        dupes = {p for p in prefixes if prefixes.count(p) > 1}
+        if dupes:
+            raise ConfigError(f"endpoint prefix declared twice: {', '.join(sorted(dupes))}")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError("log_level must be one of debug, info, warning, error")
+
+
+def _coerce(name: str, value: Any, typ: Any, where: str) -> Any:
+    """Check or convert a value read from TOML, the environment or a flag."""
+    text = str(typ)
+    if value is None:
+        return None
+    if "list" in text:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: {name} must be a list of strings")
+        return value
+    if typ is bool or text == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{where}: {name} must be true or false, not {value!r}")
+    if typ is int or text == "int":
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {name} must be an integer, not {value!r}") from None
+    if typ is float or text == "float":
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {name} must be a number, not {value!r}") from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {name} must be a string, not {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"known keys: {', '.join(sorted(known - {'endpoints'}))}"
+        )
+    values = {k: _coerce(k, v, hints[k], where) for k, v in data.items()}
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def endpoint_from_dict(data: dict, defaults: dict | None = None, where: str = "endpoint") -> EndpointConfig:
+    merged = dict(defaults or {})
+    merged.update(data)
+    if "prefix" not in merged:
+        raise ConfigError(f"{where}: every [[endpoint]] needs a prefix, like prefix = \"/chat\"")
+    return _build(EndpointConfig, merged, f"{where} {merged['prefix']}")
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    extra_endpoints: list[dict] | None = None,
+) -> ServerConfig:
+    """Build the configuration. ``overrides`` are flag values (None means not given);
+    ``extra_endpoints`` come from ``--endpoint`` flags and replace those of the file
+    when given."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    if path is None and env.get("SOCKWAY_CONFIG"):
+        path = env["SOCKWAY_CONFIG"]
+    file_endpoints: list[dict] = []
+    defaults: dict = {}
+    base_dir = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p}: {exc}") from None
+        base_dir = p.resolve().parent
+        unknown = set(raw) - {"server", "endpoint", "endpoint_defaults"}
+        if unknown:
+            raise ConfigError(
+                f"config file {p}: unknown table(s) {', '.join(sorted(unknown))}; "
+                "expected [server], [endpoint_defaults] and [[endpoint]]"
+            )
+        data.update(raw.get("server", {}))
+        defaults = raw.get("endpoint_defaults", {})
+        file_endpoints = raw.get("endpoint", [])
+        if not isinstance(file_endpoints, list):
+            raise ConfigError(f"config file {p}: use [[endpoint]] (an array of tables)")
+        # Paths in the file are relative to the file.
+        for key in ("cert", "key", "static", "sockjs_client"):
+            if isinstance(data.get(key), str) and not os.path.isabs(data[key]):
+                data[key] = str(base_dir / data[key])
+    server_fields = {f.name for f in dataclasses.fields(ServerConfig)} - {"endpoints"}
+    for key in server_fields:
+        name = f"SOCKWAY_{key.upper()}"
+        if name in env:
+            data[key] = env[name]
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    endpoint_dicts = extra_endpoints if extra_endpoints else file_endpoints
+    endpoints = [
+        endpoint_from_dict(e, defaults, where=f"[[endpoint]] #{i + 1}")
+        for i, e in enumerate(endpoint_dicts)
+    ]
+    config = _build(ServerConfig, data, "[server]")
+    config.endpoints = endpoints
+    config.__post_init__()
+    return config

@@ -1,0 +1,110 @@
+"""SockJS over a legacy hixie-76 WebSocket (see :mod:`sockway.ws.hixie76`)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, ClassVar
+
+from sockway import closecodes
+from sockway.hub.connection import Connection
+from sockway.hub.message import SOCKJS
+from sockway.sockjs.frames import OPEN, close_frame, messages_frame
+from sockway.sockjs.payload import PayloadError, decode_messages
+from sockway.ws import hixie76
+
+if TYPE_CHECKING:
+    from sockway.hub.endpoint import Endpoint
+
+__all__ = ["Hixie76SockJS", "handshake_head"]
+
+
+def handshake_head(origin: str, location: str, protocol: str | None) -> bytes:
+    lines = [
+        "HTTP/1.1 101 WebSocket Protocol Handshake",
+        "Upgrade: WebSocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Origin: {origin}",
+        f"Sec-WebSocket-Location: {location}",
+    ]
+    if protocol:
+        lines.append(f"Sec-WebSocket-Protocol: {protocol}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class Hixie76SockJS(Connection, asyncio.Protocol):
+    __slots__ = ("_buffer", "_closed", "_key1", "_key2", "_open", "_pending", "_transport")
+    transport_name: ClassVar[str] = "sockjs-websocket-hixie76"
+    encoding_key = SOCKJS
+
+    def __init__(self, endpoint: Endpoint, transport: asyncio.Transport, remote: str,
+                 key1: str, key2: str) -> None:
+        super().__init__(endpoint, remote, None)
+        self._transport = transport
+        self._buffer = bytearray()
+        self._key1, self._key2 = key1, key2
+        self._open = False
+        self._closed = False
+        self._pending: list[bytes] = []
+
+    def start(self, tail: bytes) -> None:
+        self._transport.set_protocol(self)
+        if tail:
+            self.data_received(tail)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if not self._open:
+            if len(self._buffer) < 8:
+                return
+            key3 = bytes(self._buffer[:8])
+            del self._buffer[:8]
+            try:
+                answer = hixie76.challenge_response(self._key1, self._key2, key3)
+            except ValueError:
+                self._transport.abort()
+                return
+            self._transport.write(answer + hixie76.encode_text(OPEN))
+            self._open = True
+            self.endpoint.opened(self)
+        messages, closing = hixie76.decode_frames(self._buffer)
+        for raw in messages:
+            if not raw:
+                continue
+            try:
+                decoded = decode_messages(raw, allow_string=True)
+            except PayloadError:
+                self._transport.abort()
+                return
+            for message in decoded:
+                self.endpoint.received(self, message)
+        if closing:
+            self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._open:
+            self.endpoint.closed(self, closecodes.ABNORMAL, "connection lost")
+
+    def push(self, encoded: bytes) -> None:
+        if self._closed:
+            return
+        if not self._pending:
+            self.endpoint.hub.coalescer.mark(self)
+        self._pending.append(encoded)
+
+    def flush(self, cache: dict) -> None:
+        pending, self._pending = self._pending, []
+        if pending and not self._closed:
+            self._transport.write(hixie76.encode_text(messages_frame(pending)))
+
+    def close(self, code: int = closecodes.GO_AWAY, reason: str = "Go away!") -> None:
+        if self._closed:
+            return
+        self.flush({})
+        self._closed = True
+        self._transport.write(hixie76.encode_text(close_frame(code, reason)) + hixie76.CLOSE)
+        self._transport.close()
+
+    @property
+    def is_open(self) -> bool:
+        return not self._closed

@@ -1,0 +1,349 @@
+"""Routing of one endpoint's URL space (sockjs-protocol "Base URL" and "Session URLs")
+to the greeting, info, iframe, transport and WebSocket handlers."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from sockway import closecodes
+from sockway.edge import http_util as h
+from sockway.edge.hixie import Hixie76SockJS, handshake_head
+from sockway.edge.security import OriginPolicy, ProxyPolicy
+from sockway.edge.sockjs_http import (
+    EventSource,
+    HtmlFile,
+    SessionRegistry,
+    XhrStreaming,
+    polling_wrapper,
+    run_polling,
+    run_streaming,
+)
+from sockway.edge.upgrade import Detached, accept_websocket, detach
+from sockway.edge.websocket import RawWebSocket, SockJSWebSocket
+from sockway.hub.connection import ConnectionInfo
+from sockway.sockjs.frames import CALLBACK_RE, info_body
+from sockway.sockjs.payload import PayloadError, decode_messages
+from sockway.sockjs.urls import parse_path
+from sockway.ws import hixie76
+
+if TYPE_CHECKING:
+    from sockway.hub.endpoint import Endpoint
+
+__all__ = ["EndpointRoutes", "iframe_page"]
+
+log = logging.getLogger("sockway.edge")
+
+GREETING = "Welcome to SockJS!\n"
+
+_IFRAME_TEMPLATE = """<!DOCTYPE html>
+<html>
+<head>
+  <meta http-equiv="X-UA-Compatible" content="IE=edge" />
+  <meta http-equiv="Content-Type" content="text/html; charset=UTF-8" />
+  <script src="{sockjs_url}"></script>
+  <script>
+    document.domain = document.domain;
+    SockJS.bootstrap_iframe();
+  </script>
+</head>
+<body>
+  <h2>Don't panic!</h2>
+  <p>This is a SockJS hidden iframe. It's used for cross domain magic.</p>
+</body>
+</html>"""
+
+
+def iframe_page(sockjs_url: str) -> bytes:
+    """The iframe page of sockjs-protocol "IFrame page", loading ``sockjs_url``."""
+    url = sockjs_url.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+    return _IFRAME_TEMPLATE.format(sockjs_url=url).encode("utf-8")
+
+
+STREAMING = {"xhr_streaming": XhrStreaming, "eventsource": EventSource}
+RECEIVING = {"xhr", "xhr_streaming", "eventsource", "htmlfile", "jsonp"}
+TRANSPORT_NAMES = {
+    "xhr": "xhr-polling",
+    "xhr_streaming": "xhr-streaming",
+    "eventsource": "eventsource",
+    "htmlfile": "htmlfile",
+    "jsonp": "jsonp-polling",
+}
+
+
+class EndpointRoutes:
+    """The aiohttp handler for everything under one endpoint prefix."""
+
+    def __init__(self, endpoint: Endpoint, *, sockjs_url: str, allowed_origins: list[str],
+                 proxies: ProxyPolicy) -> None:
+        self.endpoint = endpoint
+        self.config = config = endpoint.config
+        self.registry = SessionRegistry(endpoint)
+        self.origins = OriginPolicy(
+            config.allowed_origins if config.allowed_origins is not None else allowed_origins
+        )
+        self.proxies = proxies
+        self.iframe = iframe_page(sockjs_url)
+        self.iframe_etag = '"' + hashlib.md5(self.iframe).hexdigest() + '"'
+        endpoint.hub.add_sweeper(self._keepalive)
+
+    # -- dispatch -----------------------------------------------------------------------
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        tail = request.match_info.get("tail", "")
+        route = parse_path(tail)
+        kind = route.kind
+        if kind == "not_found":
+            return h.empty_response(404)
+        if kind == "greeting":
+            if request.method not in ("GET", "HEAD"):
+                return h.empty_response(405, {"Allow": "GET"})
+            return h.text_response(200, GREETING)
+        if kind == "iframe":
+            return self.iframe_response(request)
+        if not self.config.sockjs and kind != "raw_websocket":
+            return h.empty_response(404)
+        if not self.origin_ok(request):
+            return h.text_response(403, "Origin not allowed by this server's allowed_origins.\n")
+        if kind == "info":
+            return self.info(request)
+        if kind == "raw_websocket":
+            return await self.websocket(request, sockjs=False)
+        transport = route.transport
+        if transport == "websocket":
+            return await self.websocket(request, sockjs=True)
+        if request.method == "OPTIONS":
+            if transport in ("xhr", "xhr_send", "xhr_streaming"):
+                return self.options(request, "OPTIONS, POST")
+            return h.empty_response(405, {"Allow": self.allowed_methods(transport)})
+        if transport in ("xhr_send", "jsonp_send"):
+            if request.method != "POST":
+                return h.empty_response(405, {"Allow": self.allowed_methods(transport)})
+            return await self.send(request, route.session, transport)
+        expected = "POST" if transport.startswith("xhr") else "GET"
+        if request.method != expected:
+            return h.empty_response(405, {"Allow": self.allowed_methods(transport)})
+        return await self.receive(request, route.session, transport)
+
+    @staticmethod
+    def allowed_methods(transport: str) -> str:
+        if transport.startswith("xhr"):
+            return "OPTIONS, POST"
+        if transport == "jsonp_send":
+            return "POST"
+        return "GET"
+
+    def origin_ok(self, request: web.BaseRequest) -> bool:
+        origin = request.headers.get("Origin")
+        if origin is None or (origin == "null" and self.origins.any):
+            return True
+        return self.origins.allows(origin, self.proxies.own_origin(request))
+
+    def connection_info(self, request: web.BaseRequest, remote: str) -> ConnectionInfo | None:
+        if not (self.config.keep_request_info or getattr(self.endpoint.mode, "needs_info", False)):
+            return None
+        return ConnectionInfo(
+            remote,
+            request.path,
+            request.query_string,
+            tuple((k, v) for k, v in request.headers.items() if k.lower() != "cookie"),
+        )
+
+    # -- static pieces ------------------------------------------------------------------
+
+    def iframe_response(self, request: web.BaseRequest) -> web.Response:
+        if request.method not in ("GET", "HEAD"):
+            return h.empty_response(405, {"Allow": "GET"})
+        if request.headers.get("If-None-Match") == self.iframe_etag:
+            response = h.empty_response(304)
+        else:
+            response = web.Response(body=self.iframe, content_type="text/html", charset="UTF-8")
+        h.cache_for_a_year(response.headers)
+        del response.headers["Access-Control-Max-Age"]
+        response.headers["ETag"] = self.iframe_etag
+        return response
+
+    def info(self, request: web.BaseRequest) -> web.Response:
+        if request.method == "OPTIONS":
+            return self.options(request, "OPTIONS, GET")
+        if request.method != "GET":
+            return h.empty_response(405, {"Allow": "OPTIONS, GET"})
+        body = info_body(self.config.websocket, self.config.cookie_needed,
+                         secrets.randbits(32))
+        response = web.Response(body=body, content_type="application/json", charset="UTF-8")
+        response.headers["Cache-Control"] = h.NO_CACHE
+        h.cors_headers(request, response.headers)
+        return response
+
+    def options(self, request: web.BaseRequest, methods: str) -> web.Response:
+        response = h.empty_response(204)
+        h.cache_for_a_year(response.headers)
+        response.headers["Access-Control-Allow-Methods"] = methods
+        h.cors_headers(request, response.headers)
+        return response
+
+    # -- receiving and sending transports -------------------------------------------------
+
+    def _callback(self, request: web.BaseRequest) -> tuple[str | None, web.Response | None]:
+        callback = request.query.get("c")
+        if callback is None:
+            callback = request.query.get("callback")
+        if not callback:
+            return None, h.text_response(500, '"callback" parameter required')
+        if not CALLBACK_RE.match(callback):
+            return None, h.text_response(500, 'invalid "callback" parameter')
+        return callback, None
+
+    def _session_headers(self, request: web.BaseRequest, headers) -> None:
+        headers["Cache-Control"] = h.NO_CACHE
+        if self.config.cookie_needed:
+            h.jsessionid(request, headers)
+
+    async def receive(self, request: web.Request, session_id: str, transport: str):
+        callback = None
+        if transport in ("htmlfile", "jsonp"):
+            callback, error = self._callback(request)
+            if error is not None:
+                return error
+        session = self.registry.get(session_id)
+        if session is None:
+            if not self.endpoint.accepting:
+                self.endpoint.hub.stats.rejected_connections += 1
+                return h.text_response(503, "Too many connections; try again later.\n")
+            remote = self.proxies.client_address(request)
+            session = self.registry.create(session_id, remote,
+                                           self.connection_info(request, remote),
+                                           TRANSPORT_NAMES[transport])
+        else:
+            session.transport_name = TRANSPORT_NAMES[transport]
+        if transport in ("xhr", "jsonp"):
+            content_type = "application/javascript"
+            response = web.Response(content_type=content_type, charset="UTF-8")
+            self._session_headers(request, response.headers)
+            if transport == "xhr":
+                h.cors_headers(request, response.headers)
+            wrap = polling_wrapper(transport, callback.encode() if callback else None)
+            return await run_polling(session, request, response, wrap)
+        streaming = HtmlFile(callback) if transport == "htmlfile" else STREAMING[transport]()
+        response = web.StreamResponse()
+        response.content_type = streaming.content_type
+        if transport != "eventsource":
+            response.charset = "UTF-8"
+        self._session_headers(request, response.headers)
+        if transport == "xhr_streaming":
+            h.cors_headers(request, response.headers)
+        return await run_streaming(session, request, response, streaming)
+
+    async def send(self, request: web.Request, session_id: str, transport: str):
+        session = self.registry.get(session_id)
+        if session is None or session.core.closed:
+            return h.empty_response(404)
+        limit = self.config.max_message_size
+        if request.content_length is not None and request.content_length > limit * 2 + 64:
+            return h.text_response(413, f"Payload over the {limit} byte limit.\n")
+        body = await request.content.read(limit * 2 + 65)
+        if len(body) > limit * 2 + 64:
+            return h.text_response(413, f"Payload over the {limit} byte limit.\n")
+        if transport == "jsonp_send" and request.content_type == "application/x-www-form-urlencoded":
+            form = await _parse_form(body)
+            body = form.get("d", "").encode("utf-8")
+        try:
+            messages = decode_messages(body)
+        except PayloadError as exc:
+            return h.text_response(500, str(exc))
+        for message in messages:
+            if len(message) > limit:
+                session.close(closecodes.MESSAGE_TOO_BIG, "Message too big")
+                return h.text_response(413, f"Message over the {limit} byte limit.\n")
+        received = self.endpoint.received
+        for message in messages:
+            received(session, message)
+        if transport == "xhr_send":
+            response = web.Response(status=204, content_type="text/plain", charset="UTF-8")
+            h.cors_headers(request, response.headers)
+        else:
+            response = h.text_response(200, "ok")
+        self._session_headers(request, response.headers)
+        return response
+
+    # -- WebSocket ------------------------------------------------------------------------
+
+    async def websocket(self, request: web.Request, *, sockjs: bool) -> web.StreamResponse:
+        config = self.config
+        if request.method != "GET":
+            return h.empty_response(405, {"Allow": "GET"})
+        if not config.websocket:
+            return h.empty_response(404)
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return h.text_response(400, 'Can "Upgrade" only to "WebSocket".\n')
+        tokens = [t.strip().lower() for t in request.headers.get("Connection", "").split(",")]
+        if "upgrade" not in tokens:
+            return h.text_response(400, 'Not a valid websocket request: "Connection" must be "Upgrade".\n')
+        if not self.endpoint.accepting:
+            self.endpoint.hub.stats.rejected_connections += 1
+            return h.text_response(503, "Too many connections; try again later.\n")
+        remote = self.proxies.client_address(request)
+        if sockjs and hixie76.is_hixie76(request.headers):
+            return self._hixie76(request, remote)
+        live, head, wbits, refusal = accept_websocket(
+            request,
+            deflate=config.permessage_deflate,
+            window_bits=config.deflate_window_bits,
+            subprotocols=config.subprotocols if not sockjs else None,
+            max_size=config.max_message_size,
+        )
+        if refusal is not None:
+            return refusal
+        info = self.connection_info(request, remote)
+        try:
+            transport, tail = detach(request)
+        except ConnectionResetError:
+            return Detached()
+        try:
+            transport.write(head)
+            cls = SockJSWebSocket if sockjs else RawWebSocket
+            conn = cls(self.endpoint, live, transport, self.endpoint.hub.coalescer, remote,
+                       info, wbits, config.max_buffer)
+            conn.start(tail)
+        except Exception:
+            log.exception("%s: could not start a WebSocket connection", self.endpoint.prefix)
+            transport.abort()
+        return Detached()
+
+    def _hixie76(self, request: web.Request, remote: str) -> web.StreamResponse:
+        try:
+            transport, tail = detach(request)
+        except ConnectionResetError:
+            return Detached()
+        scheme = "wss" if request.secure else "ws"
+        location = f"{scheme}://{request.host}{request.raw_path}"
+        transport.write(handshake_head(request.headers.get("Origin", ""), location,
+                                       request.headers.get("Sec-WebSocket-Protocol")))
+        conn = Hixie76SockJS(self.endpoint, transport, remote,
+                             request.headers["Sec-WebSocket-Key1"],
+                             request.headers["Sec-WebSocket-Key2"])
+        conn.start(tail)
+        return Detached()
+
+    def _keepalive(self, now: float) -> None:
+        """Pings for raw WebSockets, heartbeats for SockJS ones."""
+        config = self.config
+        interval, timeout = config.heartbeat_delay, config.ping_timeout
+        for conn in list(self.endpoint.clients):
+            keepalive = getattr(conn, "keepalive", None)
+            if keepalive is not None:
+                keepalive(now, interval, timeout)
+
+
+async def _parse_form(body: bytes) -> dict[str, str]:
+    from urllib.parse import parse_qs
+
+    try:
+        parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True)
+    except UnicodeDecodeError:
+        return {}
+    return {k: v[0] for k, v in parsed.items()}

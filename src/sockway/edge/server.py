@@ -1,0 +1,187 @@
+"""Building and running the gateway: the aiohttp application, TLS, signals and
+graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+from pathlib import Path
+
+from aiohttp import web
+
+from sockway.config import ServerConfig
+from sockway.edge.routes import EndpointRoutes
+from sockway.edge.security import ProxyPolicy
+from sockway.hub.endpoint import Endpoint
+from sockway.hub.hub import Hub
+from sockway.hub.message import set_compress_threshold
+from sockway.hub.modes import create_mode
+
+__all__ = ["Gateway", "find_sockjs_client", "run"]
+
+log = logging.getLogger("sockway")
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+def find_sockjs_client(configured: str | None) -> Path | None:
+    """The sockjs-client build to serve at /sockjs.min.js: the configured file, or
+    node_modules/sockjs-client/dist/sockjs.min.js in the working directory or above."""
+    if configured:
+        path = Path(configured)
+        return path if path.is_file() else None
+    here = Path.cwd().resolve()
+    for directory in (here, *here.parents):
+        candidate = directory / "node_modules" / "sockjs-client" / "dist" / "sockjs.min.js"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class Gateway:
+    """One gateway process: hub, endpoints and the aiohttp server."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.hub = Hub(self.loop, config.max_connections)
+        self.proxies = ProxyPolicy(config.trusted_proxies)
+        self.app = web.Application(client_max_size=max(
+            [e.max_message_size * 2 + 1024 for e in config.endpoints] + [1 << 20]))
+        self.runner: web.AppRunner | None = None
+        self.sites: list[web.BaseSite] = []
+        self.routes: dict[str, EndpointRoutes] = {}
+        self._stopping = asyncio.Event()
+        if config.endpoints:
+            set_compress_threshold(config.endpoints[0].compress_threshold)
+        for endpoint_config in config.endpoints:
+            mode = create_mode(endpoint_config.mode, endpoint_config)
+            endpoint = Endpoint(endpoint_config, mode, self.hub)
+            self.hub.add_endpoint(endpoint)
+            routes = EndpointRoutes(endpoint, sockjs_url=config.sockjs_url,
+                                    allowed_origins=config.allowed_origins, proxies=self.proxies)
+            self.routes[endpoint_config.prefix] = routes
+            self.app.router.add_route("*", endpoint_config.prefix + "{tail:(/.*)?}", routes)
+        self._add_static_routes()
+
+    def _add_static_routes(self) -> None:
+        client = find_sockjs_client(self.config.sockjs_client)
+        if client is not None:
+            async def sockjs_client(request: web.Request) -> web.FileResponse:
+                response = web.FileResponse(client)
+                response.headers["Cache-Control"] = "public, max-age=3600"
+                response.headers["Access-Control-Allow-Origin"] = "*"
+                return response
+
+            self.app.router.add_get("/sockjs.min.js", sockjs_client)
+        elif self.config.sockjs_url == "/sockjs.min.js":
+            log.warning(
+                "sockjs-client not found: iframe transports need it at /sockjs.min.js. "
+                "Run `npm install sockjs-client@1.6.1` here or set sockjs_client/sockjs_url."
+            )
+        self.app.router.add_get("/sockway/health", self._health)
+        static = Path(self.config.static) if self.config.static else None
+        if static is not None:
+            if not static.is_dir():
+                raise FileNotFoundError(f"static directory {static} not found")
+            self.app.router.add_get("/", lambda r: web.FileResponse(static / "index.html"))
+            self.app.router.add_static("/", static, show_index=False)
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({
+            "status": "ok",
+            "connections": self.hub.connections,
+            "endpoints": {p: len(e.clients) for p, e in self.hub.endpoints.items()},
+        })
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.config.cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.config.cert, self.config.key)
+        return context
+
+    async def start(self, sock=None) -> None:
+        self.runner = web.AppRunner(
+            self.app,
+            access_log=log if self.config.access_log else None,
+            handle_signals=False,
+            shutdown_timeout=self.config.shutdown_timeout,
+        )
+        await self.runner.setup()
+        if sock is not None:
+            site = web.SockSite(self.runner, sock, ssl_context=self.ssl_context())
+        else:
+            site = web.TCPSite(self.runner, self.config.host, self.config.port,
+                               ssl_context=self.ssl_context(), backlog=4096)
+        await site.start()
+        self.sites.append(site)
+        await self.hub.start(self.config.sweep_interval)
+
+    @property
+    def port(self) -> int:
+        server = self.sites[0]._server
+        return server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopping.wait()
+
+    async def stop(self) -> None:
+        """Stop accepting, close every client with 1001, wait for them (bounded by
+        shutdown_timeout), then close what is left."""
+        for site in self.sites:
+            server = getattr(site, "_server", None)
+            if server is not None:
+                server.close()
+        await self.hub.shutdown(self.config.shutdown_timeout)
+        for endpoint in self.hub.endpoints.values():
+            for conn in list(endpoint.clients):
+                abort = getattr(conn, "_abort", None)
+                if abort is not None:
+                    abort()
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+def _install_signal_handlers(loop: asyncio.AbstractEventLoop, gateway: Gateway) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Unix
+            loop.add_signal_handler(sig, gateway.request_stop)
+
+
+def _use_uvloop() -> None:
+    if os.environ.get("SOCKWAY_NO_UVLOOP"):
+        return
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def serve(config: ServerConfig, ready=None) -> None:
+    gateway = Gateway(config)
+    _install_signal_handlers(asyncio.get_running_loop(), gateway)
+    await gateway.start()
+    scheme = "https" if config.cert else "http"
+    endpoints = ", ".join(f"{e.prefix} ({e.mode})" for e in config.endpoints) or "none"
+    log.info("sockway listening on %s://%s:%d — endpoints: %s", scheme, config.host,
+             gateway.port, endpoints)
+    if ready is not None:
+        ready(gateway)
+    await gateway.wait_stopped()
+    log.info("shutting down: closing %d connection(s)", gateway.hub.connections)
+    await gateway.stop()
+    log.info("stopped")
+
+
+def run(config: ServerConfig) -> None:
+    _use_uvloop()
+    asyncio.run(serve(config))

@@ -1,0 +1,314 @@
+"""SockJS HTTP transports: xhr-polling, xhr_send, xhr-streaming, eventsource, htmlfile,
+jsonp-polling and jsonp_send (sockjs-protocol sections of the same names).
+
+A :class:`HttpSession` is the hub's connection for a SockJS session on these
+transports. Its state lives in :class:`sockway.sockjs.session.Session` (no I/O); this
+module is the I/O around it: one aiohttp handler per request, and at most one
+*receiving* request attached to a session at a time, woken when the session has
+something for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar
+
+from aiohttp import web
+
+from sockway import closecodes
+from sockway.hub.connection import Connection, ConnectionInfo
+from sockway.hub.message import SOCKJS
+from sockway.sockjs.frames import (
+    EVENTSOURCE_PRELUDE,
+    HEARTBEAT,
+    XHR_STREAMING_PRELUDE,
+    htmlfile_prelude,
+    wrap_eventsource,
+    wrap_htmlfile,
+    wrap_jsonp,
+    wrap_xhr,
+)
+from sockway.sockjs.session import Session
+
+if TYPE_CHECKING:
+    from sockway.hub.endpoint import Endpoint
+
+__all__ = ["HttpSession", "Receiver", "SessionRegistry"]
+
+log = logging.getLogger("sockway.sockjs")
+
+
+class Receiver:
+    """The receiving request currently attached to a session."""
+
+    __slots__ = ("_waiter", "aborted", "request")
+
+    def __init__(self, request: web.BaseRequest) -> None:
+        self.request = request
+        self.aborted = False
+        self._waiter: asyncio.Future | None = None
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.wake()
+
+    @property
+    def gone(self) -> bool:
+        """The client closed the connection under this request."""
+        transport = self.request.transport
+        return transport is None or transport.is_closing()
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait to be woken; False on timeout (the caller then sends a heartbeat)."""
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        handle = loop.call_later(timeout, _timeout, waiter)
+        try:
+            return await waiter
+        finally:
+            handle.cancel()
+            self._waiter = None
+
+
+def _timeout(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
+class HttpSession(Connection):
+    __slots__ = ("_marked", "core", "receiver", "registry", "transport_name")
+    encoding_key = SOCKJS
+
+    def __init__(self, registry: SessionRegistry, session_id: str, remote: str,
+                 info: ConnectionInfo | None, transport_name: str) -> None:
+        super().__init__(registry.endpoint, remote, info)
+        self.registry = registry
+        config = registry.endpoint.config
+        self.core = Session(session_id, registry.loop.time(), max_queue_bytes=config.max_session_queue)
+        self.receiver: Receiver | None = None
+        self._marked = False
+        self.transport_name = transport_name
+
+    def push(self, encoded: bytes) -> None:
+        core = self.core
+        if core.closed:
+            return
+        if not core.enqueue(encoded):
+            self.endpoint.hub.stats.slow_consumers += 1
+            self.close(closecodes.SESSION_QUEUE_FULL, "session queue full")
+            return
+        if self.receiver is not None and not self._marked:
+            self._marked = True
+            self.endpoint.hub.coalescer.mark(self)
+
+    def flush(self, cache: dict) -> None:
+        self._marked = False
+        if self.receiver is not None:
+            self.receiver.wake()
+
+    def close(self, code: int = closecodes.GO_AWAY, reason: str = "Go away!") -> None:
+        if self.core.close(code, reason):
+            if self.receiver is not None:
+                self.receiver.wake()
+            # Leave groups from a later callback: close() may run inside a fan-out.
+            self.registry.loop.call_soon(self.endpoint.closed, self, code, reason)
+
+    def aborted(self) -> None:
+        """The attached request's client went away (sockjs-protocol
+        HandlingClose.test_abort_*): the session closes with 1002."""
+        receiver = self.receiver
+        self.receiver = None
+        if receiver is not None:
+            receiver.abort()
+        if self.core.detach(self.registry.loop.time(), aborted=True):
+            self.registry.loop.call_soon(
+                self.endpoint.closed, self, self.core.close_code, self.core.close_reason
+            )
+
+    def attach_receiver(self, receiver: Receiver):
+        """Attach a receiving request; returns the core's :class:`Attach`."""
+        if self.receiver is not None and self.receiver.gone:
+            self.aborted()
+        result = self.core.attach(self.registry.loop.time())
+        if not result.release:
+            self.receiver = receiver
+        if result.opened:
+            self.endpoint.opened(self)
+        return result
+
+    def detach_receiver(self, receiver: Receiver, *, aborted: bool = False) -> None:
+        if self.receiver is not receiver:
+            return
+        if aborted:
+            self.aborted()
+            return
+        self.receiver = None
+        self.core.detach(self.registry.loop.time())
+
+    @property
+    def is_open(self) -> bool:
+        return not self.core.closed
+
+
+class SessionRegistry:
+    """The SockJS HTTP sessions of one endpoint, and their timers."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.loop = endpoint.hub.loop
+        self.sessions: dict[str, HttpSession] = {}
+        endpoint.hub.add_sweeper(self.sweep)
+
+    def get(self, session_id: str) -> HttpSession | None:
+        return self.sessions.get(session_id)
+
+    def create(self, session_id: str, remote: str, info: ConnectionInfo | None,
+               transport_name: str) -> HttpSession:
+        session = HttpSession(self, session_id, remote, info, transport_name)
+        self.sessions[session_id] = session
+        return session
+
+    def sweep(self, now: float) -> None:
+        config = self.endpoint.config
+        expired = []
+        for session in self.sessions.values():
+            receiver = session.receiver
+            if receiver is not None and receiver.gone:
+                session.aborted()
+            if session.core.expired(now, config.disconnect_delay):
+                expired.append(session)
+        for session in expired:
+            del self.sessions[session.core.id]
+            if not session.core.closed:
+                session.core.close(closecodes.ABNORMAL, "session timed out")
+                self.endpoint.closed(session, closecodes.ABNORMAL, "session timed out")
+
+
+# -- per-transport wrapping --------------------------------------------------------------
+
+
+class StreamingTransport:
+    """What differs between the streaming transports."""
+
+    name: ClassVar[str]
+    content_type: ClassVar[str]
+
+    def prelude(self, request: web.BaseRequest) -> bytes:
+        raise NotImplementedError
+
+    def wrap(self, frame: bytes) -> bytes:
+        raise NotImplementedError
+
+
+class XhrStreaming(StreamingTransport):
+    name = "xhr-streaming"
+    content_type = "application/javascript"
+
+    def prelude(self, request):
+        return XHR_STREAMING_PRELUDE
+
+    wrap = staticmethod(wrap_xhr)
+
+
+class EventSource(StreamingTransport):
+    name = "eventsource"
+    content_type = "text/event-stream"
+
+    def prelude(self, request):
+        return EVENTSOURCE_PRELUDE
+
+    wrap = staticmethod(wrap_eventsource)
+
+
+class HtmlFile(StreamingTransport):
+    name = "htmlfile"
+    content_type = "text/html"
+
+    def __init__(self, callback: str) -> None:
+        self.callback = callback
+
+    def prelude(self, request):
+        return htmlfile_prelude(self.callback)
+
+    wrap = staticmethod(wrap_htmlfile)
+
+
+def polling_wrapper(transport: str, callback: bytes | None) -> Callable[[bytes], bytes]:
+    if transport == "jsonp":
+        assert callback is not None
+        return lambda frame: wrap_jsonp(frame, callback)
+    return wrap_xhr
+
+
+async def run_polling(session: HttpSession, request: web.BaseRequest, response: web.Response,
+                      wrap: Callable[[bytes], bytes]) -> web.Response:
+    """One poll: answer with one frame (open, messages, close or heartbeat)."""
+    receiver = Receiver(request)
+    result = session.attach_receiver(receiver)
+    if result.frames:
+        frame = result.frames[0]
+        if not result.release:
+            session.detach_receiver(receiver)
+    else:
+        woken = await receiver.wait(session.endpoint.config.heartbeat_delay)
+        if receiver.aborted:
+            return response  # the client is gone; nothing will read this
+        frame = session.core.take_one() if woken else None
+        if frame is None:
+            frame = HEARTBEAT
+        session.detach_receiver(receiver)
+    session.core.sent(session.registry.loop.time())
+    response.body = wrap(frame)
+    return response
+
+
+async def run_streaming(session: HttpSession, request: web.BaseRequest,
+                        response: web.StreamResponse, transport: StreamingTransport) -> web.StreamResponse:
+    """A streaming response: prelude, then frames until the response limit, a close
+    frame, or the client going away."""
+    config = session.endpoint.config
+    await response.prepare(request)
+    await response.write(transport.prelude(request))
+    receiver = Receiver(request)
+    result = session.attach_receiver(receiver)
+    frames = result.frames
+    limit = config.response_limit
+    sent = 0
+    aborted = False
+    try:
+        while True:
+            done = result.release
+            for frame in frames:
+                data = transport.wrap(frame)
+                await response.write(data)
+                sent += len(data)
+                if frame[:1] == b"c":
+                    done = True
+            if frames:
+                session.core.sent(session.registry.loop.time())
+            if done or sent >= limit:
+                break
+            woken = await receiver.wait(config.heartbeat_delay)
+            if receiver.aborted:
+                aborted = True
+                break
+            frames = session.core.pending_frames() if woken else []
+            if not frames and not woken:
+                frames = [HEARTBEAT]
+    except (ConnectionError, RuntimeError):
+        aborted = True
+    finally:
+        if not result.release:
+            session.detach_receiver(receiver, aborted=aborted)
+    if not aborted:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await response.write_eof()
+    return response

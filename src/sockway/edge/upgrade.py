@@ -1,0 +1,120 @@
+"""Accepting a WebSocket upgrade that aiohttp has parsed, and taking the connection over.
+
+The opening handshake (RFC 6455 section 4.2) is checked and negotiated by the
+``websockets`` Sans-I/O ``ServerProtocol.accept``: key, version, permessage-deflate
+parameters (RFC 7692 section 7.1) and subprotocol. A refusal goes back through aiohttp
+as an ordinary HTTP response. An acceptance is written straight to the transport, and
+the transport is detached from aiohttp: aiohttp is told the connection is gone
+(``connection_lost``, which unregisters it and stops its timers without closing the
+socket) and the transport's protocol becomes a
+:class:`~sockway.edge.websocket.WebSocketConnection`. From then on no aiohttp object,
+request, task or buffer is held for the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from websockets.datastructures import Headers
+from websockets.extensions.permessage_deflate import (
+    PerMessageDeflate,
+    ServerPerMessageDeflateFactory,
+)
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+__all__ = ["Detached", "accept_websocket", "detach"]
+
+# websockets logs every open and close at INFO; a gateway has too many for that.
+_protocol_log = logging.getLogger("sockway.ws.protocol")
+_protocol_log.setLevel(logging.WARNING)
+
+
+class Detached(web.StreamResponse):
+    """Returned by a handler whose connection has been taken over: aiohttp has nothing
+    left to write."""
+
+    def __init__(self) -> None:
+        super().__init__(status=101)
+
+    async def prepare(self, request):  # type: ignore[override]
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+
+def detach(request: web.BaseRequest) -> tuple[asyncio.Transport, bytes]:
+    """Take the request's TCP transport away from aiohttp. Returns the transport and
+    any bytes aiohttp had received after the request head (only the legacy hixie-76
+    handshake sends any before the server answers)."""
+    protocol = request.protocol
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("client went away during the handshake")
+    tail = bytes(getattr(protocol, "_message_tail", b"") or b"")
+    # Unlink first: aiohttp closes the transport it holds when told of a lost connection.
+    protocol.transport = None
+    protocol.connection_lost(None)
+    return transport, tail
+
+
+def accept_websocket(
+    request: web.BaseRequest,
+    *,
+    deflate: bool,
+    window_bits: int,
+    subprotocols: list[str] | None,
+    max_size: int,
+) -> tuple[ServerProtocol | None, bytes, int, web.Response | None]:
+    """Run the opening handshake. Returns ``(protocol, response_bytes, wbits, None)``
+    on success (``wbits`` is the server window for outgoing compression, 0 when
+    permessage-deflate was not negotiated), or ``(None, b"", 0, refusal)``."""
+    extensions = []
+    if deflate:
+        extensions.append(
+            ServerPerMessageDeflateFactory(
+                # Each outgoing message is compressed on its own, once for all its
+                # recipients: say so, so that clients need not keep a window for us.
+                server_no_context_takeover=True,
+                # ...and ask clients to do the same, so that an idle connection holds
+                # no inflate state (zlib keeps 7 KiB, then a 32 KiB window, per
+                # context). Client messages are usually small; they compress less.
+                client_no_context_takeover=True,
+                server_max_window_bits=window_bits if window_bits < 15 else None,
+            )
+        )
+    handshake = ServerProtocol(
+        extensions=extensions,
+        subprotocols=subprotocols or None,
+        max_size=max_size,
+        logger=_protocol_log,
+    )
+    headers = Headers()
+    for name, value in request.raw_headers:
+        headers[name.decode("latin-1")] = value.decode("latin-1")
+    version = f"HTTP/{request.version.major}.{request.version.minor}"
+    ws_request = Request(request.raw_path, headers, method=request.method, protocol=version)
+    response = handshake.accept(ws_request)
+    if response.status_code != 101:
+        refusal = web.Response(
+            status=response.status_code,
+            body=response.body,
+            content_type="text/plain",
+            charset="utf-8",
+        )
+        for name in ("Allow", "Upgrade"):
+            if name in response.headers:
+                refusal.headers[name] = response.headers[name]
+        return None, b"", 0, refusal
+    wbits = 0
+    for extension in handshake.extensions:
+        if isinstance(extension, PerMessageDeflate):
+            wbits = extension.local_max_window_bits or 15
+    del response.headers["Date"]
+    live = ServerProtocol(state=State.OPEN, max_size=max_size, logger=_protocol_log)
+    live.extensions = handshake.extensions
+    return live, response.serialize(), wbits, None

@@ -1,0 +1,436 @@
+"""WebSocket connections after the opening handshake (RFC 6455).
+
+Once aiohttp has parsed the upgrade request and the handshake has been accepted
+(:mod:`sockway.edge.upgrade`), the TCP transport is handed to one of the protocols
+below. Reading uses the ``websockets`` Sans-I/O ``ServerProtocol``: frame parsing,
+unmasking, permessage-deflate decoding with the message size cap (RFC 7692 section 8.1
+decompression bombs end in close 1009), ping/pong and the closing handshake (section
+7). What it does not do, and this module does:
+
+* reassembling fragmented messages and validating UTF-8 (section 8.1, close 1007);
+* writing data frames: they arrive here already encoded once for all recipients
+  (:class:`~sockway.hub.message.OutMessage`) and are written in one coalesced write per
+  event loop iteration (:mod:`sockway.hub.coalesce`);
+* bounding what waits for a client that does not read (close 4008, then abort);
+* keepalive pings, driven by the endpoint's periodic sweep.
+
+A connection is a plain ``asyncio.Protocol`` with ``__slots__``: no task, no future and
+no buffered request per connection, which is what keeps an idle connection at a few KiB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING, ClassVar
+
+from websockets.frames import Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from sockway import closecodes
+from sockway.hub.connection import Connection, ConnectionInfo
+from sockway.hub.message import SOCKJS
+from sockway.sockjs.frames import HEARTBEAT, OPEN, close_frame, messages_frame
+from sockway.sockjs.payload import PayloadError, decode_messages
+from sockway.ws.frames import OP_TEXT, deflate_payload, frame, frame_header
+
+if TYPE_CHECKING:
+    from sockway.hub.coalesce import Coalescer
+    from sockway.hub.endpoint import Endpoint
+
+__all__ = ["RawWebSocket", "SockJSWebSocket", "WebSocketConnection"]
+
+log = logging.getLogger("sockway.ws")
+
+_TEXT = Opcode.TEXT
+_BINARY = Opcode.BINARY
+_CONT = Opcode.CONT
+_PONG = Opcode.PONG
+_CLOSE = Opcode.CLOSE
+_OPEN = State.OPEN
+_CLOSED = State.CLOSED
+
+
+class WebSocketConnection(Connection, asyncio.Protocol):
+    """Common reading, writing and closing of a WebSocket connection."""
+
+    __slots__ = (
+        "_abort_handle",
+        "_closing",
+        "_coalescer",
+        "_fragments",
+        "_fragments_text",
+        "_lost",
+        "_max_buffer",
+        "_pending",
+        "_pending_bytes",
+        "_ping_sent",
+        "_transport",
+        "_ws",
+        "close_code",
+        "close_reason",
+        "encoding_key",
+        "last_recv",
+        "wbits",
+    )
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        ws: ServerProtocol,
+        transport: asyncio.Transport,
+        coalescer: Coalescer,
+        remote: str,
+        info: ConnectionInfo | None,
+        wbits: int,
+        max_buffer: int,
+    ) -> None:
+        Connection.__init__(self, endpoint, remote, info)
+        self._ws = ws
+        self._transport = transport
+        self._coalescer = coalescer
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._max_buffer = max_buffer
+        self._fragments: list[bytes] | None = None
+        self._fragments_text = False
+        self._closing = False
+        self._lost = False
+        self._abort_handle: asyncio.TimerHandle | None = None
+        self._ping_sent: float | None = None
+        self.last_recv = 0.0
+        self.wbits = wbits
+        self.encoding_key = self._encoding_key()
+        self.close_code: int | None = None
+        self.close_reason = ""
+
+    def _encoding_key(self) -> int:
+        return self.wbits
+
+    # -- asyncio.Protocol -----------------------------------------------------------
+
+    def start(self, tail: bytes = b"") -> None:
+        """Take over the transport (after the 101 response has been written)."""
+        self._transport.set_protocol(self)
+        self.last_recv = self.endpoint.hub.loop.time()
+        self.endpoint.opened(self)
+        if tail:
+            self.data_received(tail)
+
+    def data_received(self, data: bytes) -> None:
+        ws = self._ws
+        ws.receive_data(data)
+        self.last_recv = self.endpoint.hub.loop.time()
+        for event in ws.events_received():
+            opcode = event.opcode
+            if opcode is _TEXT or opcode is _BINARY:
+                if event.fin:
+                    if opcode is _TEXT:
+                        try:
+                            text = event.data.decode()
+                        except UnicodeDecodeError as exc:
+                            self._fail(closecodes.INVALID_DATA, f"invalid UTF-8 at {exc.start}")
+                            break
+                        self._dispatch(text)
+                    else:
+                        self._dispatch(bytes(event.data))
+                else:
+                    self._fragments = [event.data]
+                    self._fragments_text = opcode is _TEXT
+            elif opcode is _CONT:
+                fragments = self._fragments
+                if fragments is None:  # the protocol already failed the connection
+                    continue
+                fragments.append(event.data)
+                if event.fin:
+                    self._fragments = None
+                    data_ = b"".join(fragments)
+                    if self._fragments_text:
+                        try:
+                            text = data_.decode()
+                        except UnicodeDecodeError as exc:
+                            self._fail(closecodes.INVALID_DATA, f"invalid UTF-8 at {exc.start}")
+                            break
+                        self._dispatch(text)
+                    else:
+                        self._dispatch(data_)
+            elif opcode is _PONG:
+                self._ping_sent = None
+            elif opcode is _CLOSE:
+                self._closing = True
+        self._write_protocol_output()
+
+    def eof_received(self) -> bool | None:
+        self._ws.receive_eof()
+        self._write_protocol_output()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._closing = True
+        self._pending = []
+        if self._abort_handle is not None:
+            self._abort_handle.cancel()
+            self._abort_handle = None
+        ws = self._ws
+        if self.close_code is None:
+            if ws.close_rcvd is not None:
+                self.close_code, self.close_reason = ws.close_rcvd.code, ws.close_rcvd.reason
+            elif ws.close_sent is not None:
+                self.close_code, self.close_reason = ws.close_sent.code, ws.close_sent.reason
+            else:
+                self.close_code, self.close_reason = closecodes.ABNORMAL, "connection lost"
+        self.endpoint.closed(self, self.close_code, self.close_reason)
+
+    def pause_writing(self) -> None:  # the kernel buffer is full; the bound below applies
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _dispatch(self, data: str | bytes) -> None:
+        raise NotImplementedError
+
+    # -- writing ----------------------------------------------------------------------
+
+    def _queue(self, data: bytes) -> None:
+        """Queue bytes for the next coalesced write, enforcing the buffer bound."""
+        pending = self._pending
+        if not pending:
+            self._coalescer.mark(self)
+        pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes > self._max_buffer:
+            self._slow_consumer()
+
+    def flush(self, cache: dict) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        self._pending_bytes = 0
+        if self._closing:
+            return
+        transport = self._transport
+        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        if transport.get_write_buffer_size() > self._max_buffer:
+            self._slow_consumer()
+
+    def _write_protocol_output(self) -> None:
+        """Write what the protocol produced (pong, close) after our queued data."""
+        for data in self._ws.data_to_send():
+            if data:
+                if self._pending:
+                    self._flush_pending_now()
+                self._transport.write(data)
+            else:  # SEND_EOF: the closing handshake is complete (server side)
+                self._closing = True
+                self._transport.close()
+        if self._ws.state is _CLOSED and not self._transport.is_closing():
+            self._transport.close()
+
+    def _flush_pending_now(self) -> None:
+        pending = self._pending
+        self._pending = []
+        self._pending_bytes = 0
+        if not self._closing:
+            self._transport.write(b"".join(pending))
+
+    # -- closing ------------------------------------------------------------------------
+
+    def close(self, code: int = closecodes.NORMAL, reason: str = "") -> None:
+        """Start the closing handshake (RFC 6455 section 7.1.2): queued data goes first,
+        then the close frame; the transport is aborted if the client does not finish the
+        handshake within the endpoint's close timeout."""
+        if self._closing or self._lost:
+            return
+        if self._pending:
+            self._flush_pending_now()
+        self._closing = True
+        self.close_code, self.close_reason = code, reason
+        ws = self._ws
+        if ws.state is _OPEN:
+            ws.send_close(code, reason)
+            self._write_protocol_output()
+        self._schedule_abort(self.endpoint.config.close_timeout)
+
+    def _fail(self, code: int, reason: str) -> None:
+        self.close_code, self.close_reason = code, reason
+        self._ws.fail(code, reason)
+        self._closing = True
+        self._write_protocol_output()
+        self._schedule_abort(self.endpoint.config.close_timeout)
+
+    def _slow_consumer(self) -> None:
+        """The client does not read: drop what is queued, send the close frame behind
+        what the kernel already holds, and abort shortly after. Memory stays bounded by
+        ``max_buffer`` plus the kernel's socket buffer."""
+        if self._closing:
+            return
+        self._pending = []
+        self._pending_bytes = 0
+        self.endpoint.hub.stats.slow_consumers += 1
+        log.info("%r: outgoing buffer over %d bytes, closing", self, self._max_buffer)
+        self.close(closecodes.SLOW_CONSUMER, "slow consumer: outgoing buffer full")
+        self._schedule_abort(1.0)
+
+    def _schedule_abort(self, delay: float) -> None:
+        if self._lost:
+            return
+        if self._abort_handle is not None:
+            self._abort_handle.cancel()
+        self._abort_handle = self.endpoint.hub.loop.call_later(delay, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_handle = None
+        if not self._lost:
+            self._transport.abort()
+
+    # -- keepalive ----------------------------------------------------------------------
+
+    def keepalive(self, now: float, interval: float, timeout: float) -> None:
+        """Called by the endpoint's sweep: ping a connection silent for ``interval``
+        seconds; fail it with 1011 if the pong does not come within ``timeout``."""
+        if self._closing:
+            return
+        if self._ping_sent is not None:
+            if now - self._ping_sent > timeout:
+                self.close_code, self.close_reason = closecodes.INTERNAL_ERROR, "keepalive ping timeout"
+                self._closing = True
+                self._transport.abort()
+            return
+        if now - self.last_recv >= interval:
+            self._ping_sent = now
+            self._ws.send_ping(os.urandom(4))
+            self._write_protocol_output()
+
+    @property
+    def is_open(self) -> bool:
+        return not self._closing and not self._lost
+
+
+class RawWebSocket(WebSocketConnection):
+    """A plain WebSocket client (``/prefix/websocket``): messages are the WebSocket
+    messages themselves, text or binary."""
+
+    __slots__ = ()
+    transport_name: ClassVar[str] = "websocket"
+
+    def push(self, encoded: bytes) -> None:
+        if not self._closing:
+            self._queue(encoded)
+
+    def _dispatch(self, data: str | bytes) -> None:
+        self.endpoint.received(self, data)
+
+
+class SockJSWebSocket(WebSocketConnection):
+    """The SockJS ``websocket`` transport (``/prefix/<server>/<session>/websocket``):
+    SockJS frames carried in WebSocket text messages. Messages queued during one loop
+    iteration leave as one ``a[...]`` frame; recipients with the same queue share the
+    frame (and its compression) through the flush cache."""
+
+    __slots__ = ("_last_sent",)
+    transport_name: ClassVar[str] = "sockjs-websocket"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_sent = 0.0
+
+    def _encoding_key(self) -> int:
+        return SOCKJS
+
+    def start(self, tail: bytes = b"") -> None:
+        self._transport.set_protocol(self)
+        self._transport.write(frame(OP_TEXT, OPEN))
+        self._last_sent = self.last_recv = self.endpoint.hub.loop.time()
+        self.endpoint.opened(self)
+        if tail:
+            self.data_received(tail)
+
+    def push(self, encoded: bytes) -> None:
+        if not self._closing:
+            self._queue(encoded)
+
+    def flush(self, cache: dict) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        self._pending_bytes = 0
+        if self._closing:
+            return
+        key = (self.wbits, pending[0] if len(pending) == 1 else tuple(pending))
+        data = cache.get(key)
+        if data is None:
+            data = cache[key] = self._frame(messages_frame(pending))
+        transport = self._transport
+        transport.write(data)
+        if transport.get_write_buffer_size() > self._max_buffer:
+            self._slow_consumer()
+
+    def _frame(self, sockjs_frame: bytes) -> bytes:
+        wbits = self.wbits
+        if wbits and len(sockjs_frame) >= 128:
+            compressed = deflate_payload(sockjs_frame, wbits)
+            return frame_header(OP_TEXT, len(compressed), compressed=True) + compressed
+        return frame(OP_TEXT, sockjs_frame)
+
+    def _flush_pending_now(self) -> None:
+        pending = self._pending
+        self._pending = []
+        self._pending_bytes = 0
+        if not self._closing:
+            self._transport.write(self._frame(messages_frame(pending)))
+
+    def _queue(self, data: bytes) -> None:
+        pending = self._pending
+        if not pending:
+            self._coalescer.mark(self)
+        pending.append(data)
+        self._pending_bytes += len(data) + 1
+        if self._pending_bytes > self._max_buffer:
+            self._slow_consumer()
+
+    def _dispatch(self, data: str | bytes) -> None:
+        if isinstance(data, bytes):
+            data = data.decode("utf-8", "replace")
+        if not data:
+            return  # empty messages are ignored (Websocket.test_empty_frame)
+        try:
+            messages = decode_messages(data, allow_string=True)
+        except PayloadError:
+            # Broken JSON: "the server must abruptly terminate the ws connection"
+            # (Websocket.test_broken_json).
+            self.close_code, self.close_reason = closecodes.ABNORMAL, "broken JSON"
+            self._closing = True
+            self._transport.abort()
+            return
+        received = self.endpoint.received
+        for message in messages:
+            received(self, message)
+
+    def close(self, code: int = closecodes.GO_AWAY, reason: str = "Go away!") -> None:
+        """Send ``c[code,"reason"]``, then close the WebSocket."""
+        if self._closing or self._lost:
+            return
+        if self._pending:
+            self._flush_pending_now()
+        self._transport.write(frame(OP_TEXT, close_frame(code, reason)))
+        super().close(closecodes.websocket_code(code), reason)
+        self.close_code, self.close_reason = code, reason
+
+    def keepalive(self, now: float, interval: float, timeout: float) -> None:
+        """SockJS heartbeats (``h``) rather than WebSocket pings: sockjs-client expects
+        them and they also keep intermediaries that ignore control frames awake."""
+        if self._closing:
+            return
+        if now - self._last_sent >= interval:
+            self._last_sent = now
+            self._transport.write(frame(OP_TEXT, HEARTBEAT))

@@ -1,0 +1,89 @@
+"""What the hub and the endpoint modes see of a client, whatever its transport."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import TYPE_CHECKING, ClassVar
+
+from sockway.hub.message import OutMessage
+
+if TYPE_CHECKING:
+    from sockway.hub.endpoint import Endpoint
+
+__all__ = ["Connection", "ConnectionInfo", "new_connection_id"]
+
+_counter = itertools.count(1)
+_node = os.urandom(3).hex()
+
+
+def new_connection_id() -> str:
+    """Unique within the cluster: a random per-process part and a counter."""
+    return f"{_node}{next(_counter):x}"
+
+
+class ConnectionInfo:
+    """Request metadata of the connection's opening request, kept only for endpoints
+    whose mode asks for it (it costs about 1 KiB per connection)."""
+
+    __slots__ = ("headers", "path", "query", "remote")
+
+    def __init__(
+        self,
+        remote: str,
+        path: str = "",
+        query: str = "",
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        self.remote = remote
+        self.path = path
+        self.query = query
+        self.headers = headers
+
+    def as_dict(self) -> dict:
+        return {
+            "remote": self.remote,
+            "path": self.path,
+            "query": self.query,
+            "headers": dict(self.headers),
+        }
+
+
+class Connection:
+    """Base of every client connection.
+
+    Subclasses implement :meth:`push` (queue bytes already encoded with
+    ``encoding_key``), :meth:`close` and :meth:`flush`. Nothing here awaits: sending
+    queues and returns, so a slow client never delays others.
+    """
+
+    __slots__ = ("endpoint", "id", "info", "remote", "user")
+
+    transport_name: ClassVar[str] = "?"
+    encoding_key: int = 0
+
+    def __init__(self, endpoint: Endpoint, remote: str, info: ConnectionInfo | None) -> None:
+        self.id = new_connection_id()
+        self.endpoint = endpoint
+        self.remote = remote
+        self.info = info
+        self.user: str | None = None
+
+    def push(self, encoded: bytes) -> None:
+        raise NotImplementedError
+
+    def send(self, message: OutMessage | str | bytes) -> None:
+        """Send one message to this connection."""
+        if not isinstance(message, OutMessage):
+            message = OutMessage(message)
+        self.push(message.encode(self.encoding_key))
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        raise NotImplementedError
+
+    @property
+    def is_open(self) -> bool:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} {self.transport_name} {self.remote}>"
