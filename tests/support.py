@@ -1,0 +1,110 @@
+"""Helpers shared by the test suite: running real gateway processes, free ports, and
+the rule for tests that need an outside program (skip on a developer machine with a
+reason, fail under CI=true)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_program(name: str, hint: str) -> str:
+    """Path of ``name``, or skip (fail under CI=true) with ``hint``."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} not found: {hint}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GatewayProcess:
+    """A real ``sockway`` process on 127.0.0.1."""
+
+    def __init__(self, args: list[str], port: int, env: dict | None = None,
+                 cwd: Path | None = None) -> None:
+        self.port = port
+        self.args = args
+        self.log = tempfile.NamedTemporaryFile(prefix="sockway-", suffix=".log", delete=False)
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sockway", *args],
+            stdout=self.log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd or ROOT,
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}"
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sockway exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(self.url + "/sockway/health", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"sockway did not start within {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def gateway(args: list[str], env: dict | None = None, port: int | None = None,
+            cwd: Path | None = None) -> Iterator[GatewayProcess]:
+    """Run ``sockway <args> --port <free port>`` for the duration of the block."""
+    port = port or free_port()
+    proc = GatewayProcess([*args, "--port", str(port)], port, env, cwd)
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@contextlib.contextmanager
+def config_gateway(toml: str, env: dict | None = None) -> Iterator[GatewayProcess]:
+    """Run ``sockway serve`` with a TOML configuration given as text."""
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(toml)
+    try:
+        with gateway(["serve", "--config", f.name], env=env) as proc:
+            yield proc
+    finally:
+        os.unlink(f.name)
