@@ -47,7 +47,8 @@ class GatewayProcess:
                  cwd: Path | None = None) -> None:
         self.port = port
         self.args = args
-        self.log = tempfile.NamedTemporaryFile(prefix="sockway-", suffix=".log", delete=False)
+        # Open for the life of the process: its output is read when a test fails.
+        self.log = tempfile.NamedTemporaryFile(prefix="sockway-", suffix=".log", delete=False)  # noqa: SIM115
         full_env = dict(os.environ)
         full_env.update(env or {})
         self.proc = subprocess.Popen(
