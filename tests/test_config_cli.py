@@ -1,0 +1,98 @@
+"""Configuration precedence and errors, and the command line's behaviour for users."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from sockway.config import ConfigError, load_config
+from support import ROOT, free_port, gateway
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "sockway.toml"
+    path.write_text(text)
+    return path
+
+
+def test_precedence_defaults_file_env_flags(tmp_path):
+    path = write(tmp_path, '[server]\nport = 9001\nhost = "0.0.0.0"\nmax_connections = 7\n'
+                           '[[endpoint]]\nprefix = "/chat"\nmode = "broadcast"\nhistory = 3\n')
+    config = load_config(path, env={})
+    assert (config.host, config.port, config.max_connections) == ("0.0.0.0", 9001, 7)
+    assert config.endpoints[0].history == 3
+    config = load_config(path, env={"SOCKWAY_PORT": "9002", "SOCKWAY_ALLOWED_ORIGINS": "https://a.example, https://b.example"})
+    assert config.port == 9002 and config.host == "0.0.0.0"
+    assert config.allowed_origins == ["https://a.example", "https://b.example"]
+    config = load_config(path, env={"SOCKWAY_PORT": "9002"}, overrides={"port": 9003, "host": None})
+    assert config.port == 9003 and config.host == "0.0.0.0"
+    assert load_config(None, env={}).port == 8080
+
+
+def test_endpoint_defaults_and_flag_endpoints(tmp_path):
+    path = write(tmp_path, "[endpoint_defaults]\nheartbeat_delay = 10\n"
+                           '[[endpoint]]\nprefix = "/a"\n[[endpoint]]\nprefix = "/b"\nheartbeat_delay = 3\n')
+    config = load_config(path, env={})
+    assert [e.heartbeat_delay for e in config.endpoints] == [10, 3]
+    config = load_config(path, env={}, extra_endpoints=[{"prefix": "/x", "mode": "echo"}])
+    assert [e.prefix for e in config.endpoints] == ["/x"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server]\nprot = 1\n", "unknown key(s) prot"),
+        ("[server]\nport = 'abc'\n", "port must be an integer"),
+        ("[server]\nport = 70000\n", "not between 0 and 65535"),
+        ("[[endpoint]]\nmode = 'echo'\n", "needs a prefix"),
+        ("[[endpoint]]\nprefix = 'chat'\n", "must start with '/'"),
+        ("[[endpoint]]\nprefix = '/a'\n[[endpoint]]\nprefix = '/a'\n", "declared twice"),
+        ("[[endpoint]]\nprefix = '/a'\ndeflate_window_bits = 20\n", "between 9 and 15"),
+        ("[servers]\n", "unknown table(s) servers"),
+        ("[server\n", "config file"),
+        ("[server]\ncert = 'a.pem'\n", "needs both cert and key"),
+    ],
+)
+def test_config_errors_say_what_to_change(tmp_path, text, message):
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, text), env={})
+    assert message in str(exc.value)
+
+
+def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sockway", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, stdin=subprocess.DEVNULL)
+
+
+def test_help_and_version():
+    result = run_cli("--help")
+    assert result.returncode == 0 and "serve" in result.stdout and "testserver" in result.stdout
+    assert "Precedence" in result.stdout
+    assert run_cli("serve", "--help").returncode == 0
+    assert run_cli("--version").stdout.startswith("sockway ")
+    assert run_cli().returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "--config", "/nonexistent/sockway.toml"], "not found"),
+        (["serve", "--endpoint", "/chat"], "PREFIX=MODE"),
+        (["serve", "--endpoint", "/chat=nosuchmode"], "unknown mode 'nosuchmode'"),
+        (["serve", "--port", "99999"], "not between"),
+    ],
+)
+def test_cli_errors_exit_nonzero_with_a_message(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_port_in_use_is_explained():
+    port = free_port()
+    with gateway(["serve"], port=port):
+        result = run_cli("serve", "--port", str(port))
+    assert result.returncode == 1
+    assert "in use" in result.stderr
