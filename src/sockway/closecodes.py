@@ -18,6 +18,10 @@ ANOTHER_CONNECTION = 2010  # SockJS: a second receiving request on one session
 GO_AWAY = 3000  # SockJS: the application closed the session
 SLOW_CONSUMER = 4008  # the client did not read fast enough; its buffer was full
 SESSION_QUEUE_FULL = 4009  # a SockJS session's queue overflowed while no request was attached
+UNAUTHORIZED = 4001  # no valid token (missing, invalid, expired) or the application refused
+FORBIDDEN = 4003  # the application refused the connection
+AUTH_TIMEOUT = 4002  # no authentication within auth_timeout
+RATE_LIMITED = 4029  # more incoming messages than rate_limit allows
 
 SHUTDOWN_REASON = "Server shutting down"
 

@@ -79,6 +79,21 @@ class EndpointConfig:
     """Overrides the server's allow-list for this endpoint."""
     keep_request_info: bool = False
     """Keep headers and query of the opening request (about 1 KiB per connection)."""
+    anonymous: bool = True
+    """Whether clients without a token may connect. False: a valid JWT is required
+    (``?token=`` or, in channels mode, a first ``auth`` message), or in app mode the
+    application must accept the ``open`` event."""
+    auth_timeout: float = 10.0
+    """Seconds a client has to authenticate before it is closed with 4001."""
+    rate_limit: float = 0.0
+    """Incoming messages per second per connection (0: no limit); above the limit and
+    its burst the client is closed with 4029."""
+    rate_burst: int = 0
+    """Messages allowed in a burst (default: twice rate_limit)."""
+    app_accept: bool = False
+    """App mode: hold each new connection until the application accepts it."""
+    channel: str | None = None
+    """broadcast mode: the channel behind the endpoint (default: the prefix)."""
 
     def __post_init__(self) -> None:
         if not self.prefix.startswith("/") or (self.prefix.endswith("/") and self.prefix != "/"):
@@ -94,9 +109,109 @@ class EndpointConfig:
                      "max_session_queue", "max_connections", "compress_threshold"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"endpoint {self.prefix}: {name} must not be negative")
-        for name in ("heartbeat_delay", "disconnect_delay", "close_timeout", "ping_timeout"):
+        if self.rate_limit < 0:
+            raise ConfigError(f"endpoint {self.prefix}: rate_limit must not be negative")
+        for name in ("heartbeat_delay", "disconnect_delay", "close_timeout", "ping_timeout",
+                     "auth_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"endpoint {self.prefix}: {name} must be positive")
+
+
+PERMISSIONS = ("open", "token", "app", "none")
+
+
+@dataclass
+class NamespaceConfig:
+    """Rules for channels named ``<name>:<rest>`` (``name = ""``: channels with no
+    namespace)."""
+
+    name: str = ""
+    subscribe: str = "open"
+    """Who may subscribe from a client: open | token (the JWT's ``channels`` claim
+    matches) | app (the application decides) | none (only the application subscribes
+    connections)."""
+    publish: str = "none"
+    """Who may publish from a client: open | token (``publish`` claim) | app | none."""
+    history_size: int = 0
+    """Publications kept for recovery and history queries (0: none)."""
+    history_ttl: float = 0.0
+    """Seconds a publication stays in history (0: until pushed out by history_size)."""
+    presence: bool = False
+    """Track who is subscribed (connection id, user id, info)."""
+    join_leave: bool = False
+    """Send join/leave events to subscribers (needs presence)."""
+    client_presence: bool = True
+    """Subscribers may query presence (needs presence)."""
+    client_history: bool = True
+    """Subscribers may query history."""
+    max_data_size: int = 65536
+    """Largest published ``data`` (bytes of JSON)."""
+
+    def __post_init__(self) -> None:
+        for name in ("subscribe", "publish"):
+            if getattr(self, name) not in PERMISSIONS:
+                raise ConfigError(
+                    f"namespace {self.name!r}: {name} must be one of {', '.join(PERMISSIONS)}"
+                )
+        if ":" in self.name:
+            raise ConfigError(f"namespace name {self.name!r} must not contain ':'")
+        if self.join_leave and not self.presence:
+            raise ConfigError(f"namespace {self.name!r}: join_leave needs presence = true")
+
+
+@dataclass
+class ApiConfig:
+    key: str | None = None
+    """The HTTP API (/api/...) is enabled when a key is set; clients send it as
+    ``Authorization: Bearer <key>`` or ``X-API-Key``."""
+
+
+@dataclass
+class AuthConfig:
+    jwt_secret: str | None = None
+    """HS256 secret for connection tokens."""
+    jwt_public_key: str | None = None
+    """RS256 public key (PEM file) for connection tokens."""
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    leeway: float = 5.0
+    """Seconds of clock skew tolerated on exp/nbf."""
+
+
+@dataclass
+class ZmqConfig:
+    sub: str | None = None
+    """Commands in: a bound SUB socket that programs PUB-connect to (the talk's
+    pattern), e.g. "tcp://127.0.0.1:5555"."""
+    pull: str | None = None
+    """Commands in: a bound PULL socket that programs PUSH-connect to. Unlike PUB, a
+    PUSH socket keeps what it sends before its connection is up."""
+    push: str | None = None
+    """Events out: a bound PUSH socket that workers PULL from, e.g. "tcp://127.0.0.1:5556"."""
+    default: str | None = None
+    """Where a plain message that is not a command goes: "channel:<name>" or
+    "endpoint:<prefix>" (a broadcast endpoint)."""
+    hwm: int = 100_000
+    """High-water mark of each socket (messages)."""
+
+
+@dataclass
+class WebhookConfig:
+    url: str | None = None
+    """Events are POSTed here in batches; the response may carry commands."""
+    secret: str | None = None
+    """HMAC-SHA256 key of the X-Sockway-Signature header."""
+    timeout: float = 5.0
+    batch_size: int = 100
+    """Events per request at most."""
+    max_retries: int = 8
+    """Attempts after the first, with exponential backoff (0.2 s doubling, capped at 10 s)."""
+
+
+@dataclass
+class BrokerConfig:
+    url: str = "memory://"
+    """memory:// (embedded, default)."""
 
 
 @dataclass
@@ -128,7 +243,28 @@ class ServerConfig:
     """Seconds between checks of timeouts, heartbeats and keepalives."""
     log_level: str = "info"
     access_log: bool = False
+    event_queue_size: int = 100_000
+    """Application events waiting for a slow or absent application, per output. When
+    full, message events are dropped (counted and logged); open and close events are
+    always kept."""
     endpoints: list[EndpointConfig] = field(default_factory=list)
+    namespaces: list[NamespaceConfig] = field(default_factory=list)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    zeromq: ZmqConfig = field(default_factory=ZmqConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+
+    def namespace(self, channel: str) -> NamespaceConfig:
+        """The rules of a channel: its namespace's, or the default namespace's."""
+        name = channel.partition(":")[0] if ":" in channel else ""
+        for ns in self.namespaces:
+            if ns.name == name:
+                return ns
+        for ns in self.namespaces:
+            if ns.name == "":
+                return ns
+        return _DEFAULT_NAMESPACE
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -141,6 +277,11 @@ class ServerConfig:
             raise ConfigError(f"endpoint prefix declared twice: {', '.join(sorted(dupes))}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level must be one of debug, info, warning, error")
+
+
+SECTIONS = {"api": ApiConfig, "auth": AuthConfig, "zeromq": ZmqConfig, "webhook": WebhookConfig,
+            "broker": BrokerConfig}
+_DEFAULT_NAMESPACE = NamespaceConfig()
 
 
 def _coerce(name: str, value: Any, typ: Any, where: str) -> Any:
@@ -181,7 +322,7 @@ def _coerce(name: str, value: Any, typ: Any, where: str) -> Any:
 
 def _build(cls: type, data: dict, where: str) -> Any:
     hints = get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = {f.name for f in dataclasses.fields(cls)} - {"namespaces", *SECTIONS}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(
@@ -218,6 +359,8 @@ def load_config(
         path = env["SOCKWAY_CONFIG"]
     file_endpoints: list[dict] = []
     defaults: dict = {}
+    sections: dict[str, dict] = {name: {} for name in SECTIONS}
+    namespace_dicts: list[dict] = []
     base_dir = Path.cwd()
     if path is not None:
         p = Path(path)
@@ -228,12 +371,15 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {p}: {exc}") from None
         base_dir = p.resolve().parent
-        unknown = set(raw) - {"server", "endpoint", "endpoint_defaults"}
+        unknown = set(raw) - {"server", "endpoint", "endpoint_defaults", "namespace", *SECTIONS}
         if unknown:
             raise ConfigError(
-                f"config file {p}: unknown table(s) {', '.join(sorted(unknown))}; "
-                "expected [server], [endpoint_defaults] and [[endpoint]]"
+                f"config file {p}: unknown table(s) {', '.join(sorted(unknown))}; expected "
+                "[server], [endpoint_defaults], [[endpoint]], [[namespace]], "
+                + ", ".join(f"[{name}]" for name in SECTIONS)
             )
+        sections = {name: dict(raw.get(name, {})) for name in SECTIONS}
+        namespace_dicts = raw.get("namespace", [])
         data.update(raw.get("server", {}))
         defaults = raw.get("endpoint_defaults", {})
         file_endpoints = raw.get("endpoint", [])
@@ -248,8 +394,18 @@ def load_config(
         name = f"SOCKWAY_{key.upper()}"
         if name in env:
             data[key] = env[name]
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            name = f"SOCKWAY_{section.upper()}_{f.name.upper()}"
+            if name in env:
+                sections[section][f.name] = env[name]
     for key, value in (overrides or {}).items():
-        if value is not None:
+        if value is None:
+            continue
+        section, dot, sub = key.partition(".")
+        if dot:
+            sections[section][sub] = value
+        else:
             data[key] = value
     endpoint_dicts = extra_endpoints if extra_endpoints else file_endpoints
     endpoints = [
@@ -258,5 +414,14 @@ def load_config(
     ]
     config = _build(ServerConfig, data, "[server]")
     config.endpoints = endpoints
+    for name, cls in SECTIONS.items():
+        setattr(config, name, _build(cls, sections[name], f"[{name}]"))
+    if not isinstance(namespace_dicts, list):
+        raise ConfigError("use [[namespace]] (an array of tables)")
+    config.namespaces = [_build(NamespaceConfig, n, f"[[namespace]] {n.get('name', '')!r}")
+                         for n in namespace_dicts]
+    names = [n.name for n in config.namespaces]
+    if len(names) != len(set(names)):
+        raise ConfigError("a [[namespace]] name is declared twice")
     config.__post_init__()
     return config

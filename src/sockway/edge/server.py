@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from sockway.brokers import create_broker
 from sockway.config import ServerConfig
 from sockway.edge.routes import EndpointRoutes
 from sockway.edge.security import ProxyPolicy
@@ -48,7 +49,8 @@ class Gateway:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.loop = asyncio.get_running_loop()
-        self.hub = Hub(self.loop, config.max_connections)
+        self.broker = create_broker(config.broker.url)
+        self.hub = Hub(self.loop, config, self.broker)
         self.proxies = ProxyPolicy(config.trusted_proxies)
         self.app = web.Application(client_max_size=max(
             [e.max_message_size * 2 + 1024 for e in config.endpoints] + [1 << 20]))
@@ -148,6 +150,7 @@ class Gateway:
                     abort()
         if self.runner is not None:
             await self.runner.cleanup()
+        await self.hub.close_broker()
 
 
 def _install_signal_handlers(loop: asyncio.AbstractEventLoop, gateway: Gateway) -> None:

@@ -57,7 +57,8 @@ class Connection:
     queues and returns, so a slow client never delays others.
     """
 
-    __slots__ = ("endpoint", "id", "info", "remote", "user")
+    __slots__ = ("auth_error", "channels", "claims", "endpoint", "event_seq", "id", "info", "remote",
+                 "user")
 
     transport_name: ClassVar[str] = "?"
     encoding_key: int = 0
@@ -68,6 +69,14 @@ class Connection:
         self.remote = remote
         self.info = info
         self.user: str | None = None
+        self.claims: dict | None = None
+        """Verified token claims (or what the application said of the client)."""
+        self.auth_error: str | None = None
+        """Why the token the client presented was refused (it is then closed with 4001)."""
+        self.channels: set[str] | None = None
+        """Channels this connection is subscribed to on this node."""
+        self.event_seq = 0
+        """Sequence number of the connection's last application event."""
 
     def push(self, encoded: bytes) -> None:
         raise NotImplementedError

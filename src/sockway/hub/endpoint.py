@@ -34,6 +34,10 @@ class Endpoint:
         self.clients = Group()
         self.messages_in = 0
         self.opened_total = 0
+        rate = config.rate_limit
+        self._rate = rate
+        self._burst = float(config.rate_burst or max(1, int(rate * 2)))
+        self._buckets: dict[str, tuple[float, float]] = {}
         mode.bind(self)
 
     @property
@@ -47,7 +51,16 @@ class Endpoint:
     def opened(self, conn: Connection) -> None:
         self.clients.add(conn)
         self.hub.connections += 1
+        self.hub.by_id[conn.id] = conn
         self.opened_total += 1
+        if conn.auth_error is not None:
+            self.hub.stats.auth_failures += 1
+            conn.close(closecodes.UNAUTHORIZED, conn.auth_error[:120])
+            return
+        if conn.claims is None and not self.config.anonymous and not self.mode.authenticates_later:
+            self.hub.stats.auth_failures += 1
+            conn.close(closecodes.UNAUTHORIZED, "authentication required: pass ?token=<JWT>")
+            return
         try:
             self.mode.on_open(conn)
         except Exception:
@@ -55,18 +68,39 @@ class Endpoint:
             conn.close(closecodes.INTERNAL_ERROR, "Internal error")
 
     def received(self, conn: Connection, data: str | bytes) -> None:
+        if conn.id not in self.hub.by_id:
+            return  # closed: nothing more reaches the mode (or the application)
         self.messages_in += 1
+        if self._rate and not self._allow(conn):
+            self.hub.stats.rate_limited += 1
+            conn.close(closecodes.RATE_LIMITED,
+                       f"rate limit: more than {self._rate:g} messages/s")
+            return
         try:
             self.mode.on_message(conn, data)
         except Exception:
             log.exception("%s: mode %s failed on a message", self.prefix, self.mode.name)
             conn.close(closecodes.INTERNAL_ERROR, "Internal error")
 
+    def _allow(self, conn: Connection) -> bool:
+        """Token bucket: ``rate_limit`` per second, ``rate_burst`` at once."""
+        now = self.hub.loop.time()
+        tokens, last = self._buckets.get(conn.id, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        if tokens < 1.0:
+            self._buckets[conn.id] = (tokens, now)
+            return False
+        self._buckets[conn.id] = (tokens - 1.0, now)
+        return True
+
     def closed(self, conn: Connection, code: int, reason: str) -> None:
         if conn not in self.clients:
             return
         self.clients.discard(conn)
         self.hub.connections -= 1
+        self.hub.by_id.pop(conn.id, None)
+        self._buckets.pop(conn.id, None)
+        self.hub.channels.connection_closed(conn)
         try:
             self.mode.on_close(conn, code, reason)
         except Exception:

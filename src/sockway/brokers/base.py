@@ -1,0 +1,147 @@
+"""The broker interface.
+
+Every channel is an ordered stream of :class:`Publication` s. The broker assigns each
+publication the next *offset* of its channel and keeps the channel's *epoch*: a random
+string that changes whenever the channel's history is lost or reset, so that a client
+holding ``(offset, epoch)`` can tell "I missed offsets 42..57" (recoverable from
+history) from "that history is gone" (not recoverable).
+
+Methods may answer synchronously (the memory broker does: no task, no await on the hot
+path) or return an awaitable (network brokers); callers go through :func:`resolve`
+when they need the value, and check ``isinstance(result, ...)`` on hot paths.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+__all__ = [
+    "Broker",
+    "HistoryPolicy",
+    "HistoryResult",
+    "MaybeAwaitable",
+    "Publication",
+    "StreamPosition",
+    "new_epoch",
+    "resolve",
+]
+
+T = TypeVar("T")
+MaybeAwaitable = T | Awaitable[T]
+
+
+def new_epoch() -> str:
+    return os.urandom(4).hex()
+
+
+async def resolve(value: MaybeAwaitable[T]) -> T:
+    if inspect.isawaitable(value):
+        return await value
+    return value  # type: ignore[return-value]
+
+
+@dataclass(slots=True, frozen=True)
+class StreamPosition:
+    offset: int
+    epoch: str
+
+
+@dataclass(slots=True)
+class Publication:
+    channel: str
+    offset: int
+    epoch: str
+    data: Any
+    """A JSON value."""
+    info: dict | None = None
+    """Who published it (``{"conn": ..., "user": ...}``), when a client did."""
+    time: float = field(default_factory=time.time)
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
+    """Encodings of this publication, computed once per format (see hub.channels)."""
+
+    def as_dict(self) -> dict:
+        out = {"channel": self.channel, "offset": self.offset, "epoch": self.epoch,
+               "data": self.data, "time": self.time}
+        if self.info:
+            out["info"] = self.info
+        return out
+
+
+@dataclass(slots=True, frozen=True)
+class HistoryPolicy:
+    size: int = 0
+    """Publications kept per channel (0: none)."""
+    ttl: float = 0.0
+    """Seconds a publication is kept (0: until pushed out by ``size``)."""
+
+
+@dataclass(slots=True)
+class HistoryResult:
+    publications: list[Publication]
+    position: StreamPosition
+    """The channel's latest offset and epoch."""
+    recovered: bool = True
+    """For a query ``since`` a position: True when ``publications`` is exactly
+    everything after it (same epoch, nothing expired in between)."""
+
+
+class Broker(ABC):
+    """Cross-node fan-out, history and presence for channels."""
+
+    name = "?"
+
+    def __init__(self) -> None:
+        self.on_publication: Callable[[Publication], None] = lambda pub: None
+        self.on_presence: Callable[[str, str, dict | None], None] = lambda ch, conn, info: None
+        """Called with (channel, connection id, info) on join, info None on leave."""
+
+    async def start(self) -> None:  # noqa: B027 - optional for engines without a backend
+        """Connect to the backend."""
+
+    async def stop(self) -> None:  # noqa: B027
+        """Disconnect."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether the backend is reachable (reported by /readyz and metrics)."""
+        return True
+
+    def describe(self) -> dict:
+        return {"engine": self.name, "ready": self.ready}
+
+    @abstractmethod
+    def publish(self, channel: str, data: Any, policy: HistoryPolicy,
+                info: dict | None = None) -> MaybeAwaitable[Publication]:
+        """Append to the channel and deliver to every node with interest in it."""
+
+    @abstractmethod
+    def interest(self, channel: str, on: bool) -> MaybeAwaitable[None]:
+        """This node starts (``on``) or stops needing the channel's publications."""
+
+    @abstractmethod
+    def history(self, channel: str, policy: HistoryPolicy, since: StreamPosition | None = None,
+                limit: int | None = None) -> MaybeAwaitable[HistoryResult]:
+        """Publications kept for the channel: all of them, or those after ``since``
+        (then ``recovered`` says whether that is exactly what was missed)."""
+
+    @abstractmethod
+    def reset_history(self, channel: str) -> MaybeAwaitable[StreamPosition]:
+        """Drop the channel's history; starts a new epoch."""
+
+    @abstractmethod
+    def presence_join(self, channel: str, conn_id: str, info: dict) -> MaybeAwaitable[None]:
+        ...
+
+    @abstractmethod
+    def presence_leave(self, channel: str, conn_id: str) -> MaybeAwaitable[None]:
+        ...
+
+    @abstractmethod
+    def presence(self, channel: str) -> MaybeAwaitable[dict[str, dict]]:
+        """Connection id -> info of everyone present in the channel."""

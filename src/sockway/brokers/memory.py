@@ -1,0 +1,125 @@
+"""The embedded broker: one process, no service to run, everything synchronous.
+
+History per channel is a deque bounded by the namespace's ``history_size`` and
+``history_ttl``: memory is at most ``size`` publications per channel (each about 300
+bytes plus its data and the encodings computed for it). A channel's state is dropped
+when it has no history, no presence and no interested node.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+from sockway.brokers.base import (
+    Broker,
+    HistoryPolicy,
+    HistoryResult,
+    Publication,
+    StreamPosition,
+    new_epoch,
+)
+
+__all__ = ["MemoryBroker"]
+
+
+class _Stream:
+    __slots__ = ("epoch", "items", "offset")
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self.epoch = new_epoch()
+        self.items: collections.deque[Publication] = collections.deque()
+
+
+class MemoryBroker(Broker):
+    name = "memory"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._streams: dict[str, _Stream] = {}
+        self._interest: set[str] = set()
+        self._presence: dict[str, dict[str, dict]] = {}
+
+    def _stream(self, channel: str) -> _Stream:
+        stream = self._streams.get(channel)
+        if stream is None:
+            stream = self._streams[channel] = _Stream()
+        return stream
+
+    @staticmethod
+    def _trim(stream: _Stream, policy: HistoryPolicy, now: float) -> None:
+        items = stream.items
+        while len(items) > policy.size:
+            items.popleft()
+        if policy.ttl:
+            horizon = now - policy.ttl
+            while items and items[0].time < horizon:
+                items.popleft()
+
+    def publish(self, channel: str, data: Any, policy: HistoryPolicy,
+                info: dict | None = None) -> Publication:
+        stream = self._stream(channel)
+        stream.offset += 1
+        now = time.time()
+        pub = Publication(channel, stream.offset, stream.epoch, data, info, now)
+        if policy.size:
+            stream.items.append(pub)
+            self._trim(stream, policy, now)
+        if channel in self._interest:
+            self.on_publication(pub)
+        return pub
+
+    def interest(self, channel: str, on: bool) -> None:
+        if on:
+            self._interest.add(channel)
+        else:
+            self._interest.discard(channel)
+            stream = self._streams.get(channel)
+            if stream is not None and not stream.items and channel not in self._presence:
+                # Keep offset and epoch while history exists; otherwise forget the channel
+                # (a later subscriber with an old position then gets recovered=False).
+                del self._streams[channel]
+
+    def history(self, channel: str, policy: HistoryPolicy, since: StreamPosition | None = None,
+                limit: int | None = None) -> HistoryResult:
+        stream = self._stream(channel)
+        self._trim(stream, policy, time.time())
+        items = list(stream.items)
+        position = StreamPosition(stream.offset, stream.epoch)
+        if since is None:
+            if limit is not None:
+                items = items[-limit:] if limit > 0 else []
+            return HistoryResult(items, position, True)
+        if since.epoch != stream.epoch or since.offset > stream.offset:
+            return HistoryResult([], position, False)
+        missed = [p for p in items if p.offset > since.offset]
+        complete = since.offset >= stream.offset or (bool(missed) and missed[0].offset == since.offset + 1)
+        if limit is not None and len(missed) > limit:
+            missed = missed[:limit]
+            complete = False
+        return HistoryResult(missed, position, complete)
+
+    def reset_history(self, channel: str) -> StreamPosition:
+        stream = self._stream(channel)
+        stream.items.clear()
+        stream.epoch = new_epoch()
+        return StreamPosition(stream.offset, stream.epoch)
+
+    def presence_join(self, channel: str, conn_id: str, info: dict) -> None:
+        members = self._presence.setdefault(channel, {})
+        new = conn_id not in members
+        members[conn_id] = info
+        if new:
+            self.on_presence(channel, conn_id, info)
+
+    def presence_leave(self, channel: str, conn_id: str) -> None:
+        members = self._presence.get(channel)
+        if members is not None and members.pop(conn_id, None) is not None:
+            if not members:
+                del self._presence[channel]
+            self.on_presence(channel, conn_id, None)
+
+    def presence(self, channel: str) -> dict[str, dict]:
+        return dict(self._presence.get(channel, {}))

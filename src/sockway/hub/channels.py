@@ -1,0 +1,297 @@
+"""Channels on one node: which local connections are subscribed to what, fed by the
+broker. Publications are encoded once per *format* (the channels-protocol envelope, or
+the bare data for app and broadcast endpoints) and fanned out through :class:`Group`.
+
+Recovery without gaps or duplicates, on any broker: a subscription that asks for what
+it missed since ``(offset, epoch)`` is *recovering* until the broker's history answer
+arrives; live publications for it meanwhile are buffered; then it receives the missed
+publications, the buffered ones newer than those, and joins the live group. With the
+memory broker the answer is immediate and nothing is buffered.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sockway.brokers.base import Broker, HistoryPolicy, HistoryResult, Publication, StreamPosition
+from sockway.hub.group import Group
+from sockway.hub.message import OutMessage
+from sockway.jsonutil import dumps_str
+
+if TYPE_CHECKING:
+    from sockway.config import NamespaceConfig, ServerConfig
+    from sockway.hub.connection import Connection
+
+__all__ = ["ENVELOPE", "RAW", "ChannelHub", "SubscribeResult", "publication_message", "valid_channel"]
+
+log = logging.getLogger("sockway.channels")
+
+ENVELOPE = 0
+"""Channels protocol: ``{"type":"message","channel":...,"offset":...,"epoch":...,"data":...}``."""
+RAW = 1
+"""The data itself: a string as is, anything else as JSON text."""
+
+CHANNEL_RE = re.compile(r"^[A-Za-z0-9_.:@/=+\-]{1,255}$")
+
+
+def valid_channel(name: object) -> bool:
+    return isinstance(name, str) and CHANNEL_RE.match(name) is not None
+
+
+def data_text(data: Any) -> str:
+    return data if isinstance(data, str) else dumps_str(data)
+
+
+def publication_message(pub: Publication, fmt: int) -> OutMessage:
+    """The message subscribers in format ``fmt`` receive, encoded once."""
+    message = pub.cache.get(fmt)
+    if message is None:
+        if fmt == ENVELOPE:
+            text = dumps_str({"type": "message", "channel": pub.channel, "offset": pub.offset,
+                              "epoch": pub.epoch, "data": pub.data})
+        else:
+            text = data_text(pub.data)
+        message = pub.cache[fmt] = OutMessage(text)
+    return message
+
+
+@dataclass(slots=True)
+class SubscribeResult:
+    channel: str
+    position: StreamPosition
+    recovered: bool
+    publications: list[Publication]
+
+    def as_dict(self, with_publications: bool = True) -> dict:
+        out = {"channel": self.channel, "offset": self.position.offset,
+               "epoch": self.position.epoch, "recovered": self.recovered}
+        if with_publications:
+            out["publications"] = [
+                {"offset": p.offset, "data": p.data, "time": p.time} for p in self.publications
+            ]
+        return out
+
+
+class _LocalChannel:
+    __slots__ = ("count", "groups", "name", "recovering")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.groups: dict[int, Group] = {}
+        self.recovering: dict[str, list[Publication]] = {}
+        self.count = 0
+
+    def deliver(self, pub: Publication) -> int:
+        delivered = 0
+        for fmt, group in self.groups.items():
+            delivered += group.publish(publication_message(pub, fmt))
+        for buffered in self.recovering.values():
+            buffered.append(pub)
+        return delivered
+
+
+class ChannelHub:
+    """This node's subscriptions, on top of a broker."""
+
+    def __init__(self, broker: Broker, config: ServerConfig) -> None:
+        self.broker = broker
+        self.config = config
+        self.channels: dict[str, _LocalChannel] = {}
+        self.formats: dict[str, int] = {}  # connection id -> format
+        self.connections: dict[str, Connection] = {}
+        self.policies: dict[str, HistoryPolicy] = {}
+        self.deliveries = 0
+        self.publications = 0
+        broker.on_publication = self._on_publication
+        broker.on_presence = self._on_presence
+
+    # -- rules ----------------------------------------------------------------------------
+
+    def namespace(self, channel: str) -> NamespaceConfig:
+        return self.config.namespace(channel)
+
+    def policy(self, channel: str) -> HistoryPolicy:
+        policy = self.policies.get(channel)
+        if policy is not None:
+            return policy
+        ns = self.namespace(channel)
+        return HistoryPolicy(ns.history_size, ns.history_ttl)
+
+    def set_policy(self, channel: str, policy: HistoryPolicy) -> None:
+        """History rules for one channel, overriding its namespace's (a broadcast
+        endpoint's own ``history``)."""
+        self.policies[channel] = policy
+
+    # -- broker callbacks ------------------------------------------------------------------
+
+    def _on_publication(self, pub: Publication) -> None:
+        self.publications += 1
+        local = self.channels.get(pub.channel)
+        if local is not None:
+            self.deliveries += local.deliver(pub)
+
+    def _on_presence(self, channel: str, conn_id: str, info: dict | None) -> None:
+        local = self.channels.get(channel)
+        if local is None or not self.namespace(channel).join_leave:
+            return
+        group = local.groups.get(ENVELOPE)
+        if group is None:
+            return
+        event = {"type": "join" if info is not None else "leave", "channel": channel,
+                 "conn": conn_id}
+        if info is not None:
+            event["info"] = info
+        group.publish(OutMessage(dumps_str(event)))
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def publish(self, channel: str, data: Any, info: dict | None = None):
+        """Publish to a channel; returns the Publication (or an awaitable of it)."""
+        return self.broker.publish(channel, data, self.policy(channel), info)
+
+    # -- subscriptions ----------------------------------------------------------------------
+
+    def is_subscribed(self, conn: Connection, channel: str) -> bool:
+        return conn.channels is not None and channel in conn.channels
+
+    def subscribe(self, conn: Connection, channel: str, fmt: int,
+                  since: StreamPosition | None = None, want_history: int = 0,
+                  ready: Callable[[SubscribeResult], None] | None = None,
+                  ) -> SubscribeResult | Awaitable[SubscribeResult]:
+        """Subscribe ``conn``. With ``since``, what it missed is part of the result (and
+        ``recovered`` says whether that is all of it); with ``want_history`` (n > 0) the
+        last n publications are (broadcast endpoints replay their history this way).
+
+        ``ready`` is called with the result at the exact point where the connection
+        joins the live stream: whatever it sends to the connection (a reply, the
+        missed publications) goes before any live publication."""
+        if conn.channels is None:
+            conn.channels = set()
+        if channel in conn.channels:
+            result = SubscribeResult(channel, StreamPosition(0, ""), since is None, [])
+            if ready is not None:
+                ready(result)
+            return result
+        conn.channels.add(channel)
+        self.formats[conn.id] = fmt
+        self.connections[conn.id] = conn
+        local = self.channels.get(channel)
+        if local is None:
+            local = self.channels[channel] = _LocalChannel(channel)
+            interest = self.broker.interest(channel, True)
+            if inspect.isawaitable(interest):
+                _background(interest, "channel interest")
+        local.count += 1
+        ns = self.namespace(channel)
+        if ns.presence:
+            presence = self.broker.presence_join(channel, conn.id, self.presence_info(conn))
+            if inspect.isawaitable(presence):
+                _background(presence, "presence join")
+        local.recovering[conn.id] = []
+        history = self.broker.history(channel, self.policy(channel), since,
+                                      None if since is not None else want_history)
+        if inspect.isawaitable(history):
+            return self._finish_async(conn, local, fmt, since, want_history, history, ready)
+        return self._finish(conn, local, fmt, since, want_history, history, ready)
+
+    async def _finish_async(self, conn, local, fmt, since, want_history, history,
+                            ready) -> SubscribeResult:
+        try:
+            result = await history
+        except Exception:
+            local.recovering.pop(conn.id, None)
+            self._remove(conn, local.name)
+            raise
+        return self._finish(conn, local, fmt, since, want_history, result, ready)
+
+    def _finish(self, conn: Connection, local: _LocalChannel, fmt: int, since: StreamPosition | None,
+                want_history: int, history: HistoryResult,
+                ready: Callable[[SubscribeResult], None] | None) -> SubscribeResult:
+        buffered = local.recovering.pop(conn.id, [])
+        if conn.channels is None or local.name not in conn.channels:
+            # Unsubscribed (or closed) while the history was on its way.
+            return SubscribeResult(local.name, history.position, False, [])
+        publications = history.publications if (since is not None or want_history) else []
+        last = publications[-1].offset if publications else (
+            since.offset if since is not None else history.position.offset)
+        late = [p for p in buffered if p.offset > last]
+        position = history.position
+        if late:
+            position = StreamPosition(late[-1].offset, late[-1].epoch)
+        result = SubscribeResult(local.name, position, history.recovered, publications)
+        if ready is not None:
+            ready(result)
+        for pub in late:
+            conn.send(publication_message(pub, fmt))
+        group = local.groups.get(fmt)
+        if group is None:
+            group = local.groups[fmt] = Group()
+        group.add(conn)
+        return result
+
+    def unsubscribe(self, conn: Connection, channel: str) -> bool:
+        if conn.channels is None or channel not in conn.channels:
+            return False
+        self._remove(conn, channel)
+        return True
+
+    def _remove(self, conn: Connection, channel: str) -> None:
+        if conn.channels is not None:
+            conn.channels.discard(channel)
+        local = self.channels.get(channel)
+        if local is None:
+            return
+        local.recovering.pop(conn.id, None)
+        for group in local.groups.values():
+            group.discard(conn)
+        local.count -= 1
+        if self.namespace(channel).presence:
+            presence = self.broker.presence_leave(channel, conn.id)
+            if inspect.isawaitable(presence):
+                _background(presence, "presence leave")
+        if local.count <= 0:
+            del self.channels[channel]
+            interest = self.broker.interest(channel, False)
+            if inspect.isawaitable(interest):
+                _background(interest, "channel interest")
+
+    def connection_closed(self, conn: Connection) -> None:
+        if conn.channels:
+            for channel in list(conn.channels):
+                self._remove(conn, channel)
+        conn.channels = None
+        self.formats.pop(conn.id, None)
+        self.connections.pop(conn.id, None)
+
+    @staticmethod
+    def presence_info(conn: Connection) -> dict:
+        info: dict = {"conn": conn.id, "user": conn.user}
+        if conn.claims and isinstance(conn.claims.get("info"), dict):
+            info["info"] = conn.claims["info"]
+        return info
+
+    def stats(self) -> dict:
+        return {"channels": len(self.channels), "publications": self.publications,
+                "deliveries": self.deliveries}
+
+
+_background_tasks: set = set()
+
+
+def _background(awaitable, what: str) -> None:
+    import asyncio
+
+    async def run() -> None:
+        try:
+            await awaitable
+        except Exception:
+            log.exception("broker %s failed", what)
+
+    task = asyncio.get_running_loop().create_task(run())
+    _background_tasks.add(task)
+    task.add_done_callback(_background_tasks.discard)
