@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--endpoint", action="append", type=_parse_endpoint, default=[],
                        metavar="PREFIX=MODE",
                        help="declare an endpoint (repeatable; replaces the file's endpoints); "
-                            "modes: echo, broadcast")
+                            "modes: echo, broadcast, channels, app")
     _server_flags(serve)
 
     test = sub.add_parser("testserver", help="run the SockJS protocol test server",
@@ -115,8 +115,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             EndpointConfig("/echo", "echo"),
             EndpointConfig("/chat", "broadcast", history=15),
         ]
-    from sockway.hub.modes import MODES
+    from sockway.hub.modes import MODES, load_builtin_modes
 
+    load_builtin_modes()
     for endpoint in config.endpoints:
         if endpoint.mode not in MODES:
             raise ConfigError(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from sockway.bridge.http_api import add_api_routes
 from sockway.brokers import create_broker
 from sockway.config import ServerConfig
 from sockway.edge.routes import EndpointRoutes
@@ -69,6 +70,17 @@ class Gateway:
             self.routes[endpoint_config.prefix] = routes
             self.app.router.add_route("*", endpoint_config.prefix + "{tail:(/.*)?}", routes)
         self._add_static_routes()
+        self.bridges: list = []
+        if config.api.key:
+            add_api_routes(self.app, self.hub, config.api.key)
+        if config.zeromq.sub or config.zeromq.pull or config.zeromq.push:
+            from sockway.bridge.zeromq import ZmqBridge
+
+            self.bridges.append(ZmqBridge(self.hub, config.zeromq))
+        if config.webhook.url:
+            from sockway.bridge.webhooks import WebhookSender
+
+            self.bridges.append(WebhookSender(self.hub, config.webhook))
 
     def _add_static_routes(self) -> None:
         client = find_sockjs_client(self.config.sockjs_client)
@@ -123,6 +135,8 @@ class Gateway:
         await site.start()
         self.sites.append(site)
         await self.hub.start(self.config.sweep_interval)
+        for bridge in self.bridges:
+            await bridge.start()
 
     @property
     def port(self) -> int:
@@ -143,6 +157,9 @@ class Gateway:
             if server is not None:
                 server.close()
         await self.hub.shutdown(self.config.shutdown_timeout)
+        await self._drain_events(self.config.shutdown_timeout)
+        for bridge in self.bridges:
+            await bridge.stop()
         for endpoint in self.hub.endpoints.values():
             for conn in list(endpoint.clients):
                 abort = getattr(conn, "_abort", None)
@@ -151,6 +168,13 @@ class Gateway:
         if self.runner is not None:
             await self.runner.cleanup()
         await self.hub.close_broker()
+
+
+    async def _drain_events(self, timeout: float) -> None:
+        """Give the outputs a bounded time to hand over the last events (the closes)."""
+        deadline = self.loop.time() + timeout
+        while any(len(q) for q in self.hub.events.queues) and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
 
 
 def _install_signal_handlers(loop: asyncio.AbstractEventLoop, gateway: Gateway) -> None:

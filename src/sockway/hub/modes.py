@@ -136,7 +136,7 @@ def register_mode(cls: type[Mode]) -> type[Mode]:
 
 
 def create_mode(name: str, config) -> Mode:
-    _load_builtin_modes()
+    load_builtin_modes()
     try:
         cls = MODES[name]
     except KeyError:
@@ -149,5 +149,5 @@ def create_mode(name: str, config) -> Mode:
     return cls()
 
 
-def _load_builtin_modes() -> None:
+def load_builtin_modes() -> None:
     from sockway.hub import app_mode, channels_mode  # noqa: F401 - they register themselves

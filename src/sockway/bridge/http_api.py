@@ -1,0 +1,217 @@
+"""The HTTP API: the application's commands over plain HTTP, key-protected.
+
+Every endpoint takes and returns JSON. Success: ``200 {"result": ...}``. Failure: the
+status of the error and ``{"error": {"code": ..., "message": ...}}``. The OpenAPI 3.1
+description is served at ``/api/openapi.json`` (no key needed) and checked against the
+running server by the test suite.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from sockway import __version__
+from sockway.bridge.commands import CommandError
+from sockway.jsonutil import dumps, loads
+
+if TYPE_CHECKING:
+    from sockway.hub.hub import Hub
+
+__all__ = ["add_api_routes", "openapi_document"]
+
+MAX_BODY = 4 << 20
+COMMAND_ROUTES = ("publish", "broadcast", "send", "subscribe", "unsubscribe", "close",
+                  "presence", "history")
+
+
+def _json(status: int, body: Any) -> web.Response:
+    return web.Response(status=status, body=dumps(body), content_type="application/json")
+
+
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:
+    response = _json(status, {"error": {"code": code, "message": message}})
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+class Api:
+    def __init__(self, hub: Hub, key: str) -> None:
+        self.hub = hub
+        self.key = key.encode()
+
+    def authorized(self, request: web.Request) -> bool:
+        supplied = request.headers.get("X-API-Key")
+        if supplied is None:
+            header = request.headers.get("Authorization", "")
+            scheme, _, value = header.partition(" ")
+            supplied = value.strip() if scheme.lower() == "bearer" else None
+        return supplied is not None and hmac.compare_digest(supplied.encode(), self.key)
+
+    async def _body(self, request: web.Request) -> Any:
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            raise CommandError("too_large", f"the body is over {MAX_BODY} bytes", 413)
+        raw = await request.content.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            raise CommandError("too_large", f"the body is over {MAX_BODY} bytes", 413)
+        if not raw:
+            raise CommandError("bad_request", "the body must be a JSON object")
+        try:
+            return loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise CommandError("bad_request", "the body is not valid JSON") from None
+
+    def command_handler(self, op: str):
+        async def handle(request: web.Request) -> web.Response:
+            if not self.authorized(request):
+                return _error(401, "unauthorized", "send the API key as 'Authorization: Bearer <key>'"
+                              " or 'X-API-Key: <key>'", {"WWW-Authenticate": "Bearer"})
+            try:
+                if request.method == "GET":
+                    body: Any = dict(request.query)
+                    if "limit" in body:
+                        try:
+                            body["limit"] = int(body["limit"])
+                        except ValueError:
+                            raise CommandError("bad_request", "'limit' must be an integer") from None
+                else:
+                    body = await self._body(request)
+                if not isinstance(body, dict):
+                    raise CommandError("bad_request", "the body must be a JSON object")
+                if "op" in body and body["op"] != op:
+                    raise CommandError("bad_request", f"'op' is {body['op']!r} but this is /api/{op}")
+                result = await self.hub.commands.execute({**body, "op": op})
+            except CommandError as exc:
+                return _error(exc.status, exc.code, exc.message)
+            return _json(200, {"result": result})
+
+        return handle
+
+    async def commands(self, request: web.Request) -> web.Response:
+        if not self.authorized(request):
+            return _error(401, "unauthorized", "send the API key as 'Authorization: Bearer <key>'",
+                          {"WWW-Authenticate": "Bearer"})
+        try:
+            body = await self._body(request)
+        except CommandError as exc:
+            return _error(exc.status, exc.code, exc.message)
+        if not isinstance(body, list):
+            return _error(400, "bad_request", "the body must be a JSON array of commands")
+        if len(body) > 1000:
+            return _error(413, "too_large", "at most 1000 commands per request")
+        return _json(200, {"results": await self.hub.commands.execute_many(body)})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        if not self.authorized(request):
+            return _error(401, "unauthorized", "send the API key as 'Authorization: Bearer <key>'",
+                          {"WWW-Authenticate": "Bearer"})
+        return _json(200, {"result": self.hub.stats_dict()})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return _json(200, openapi_document())
+
+
+def add_api_routes(app: web.Application, hub: Hub, key: str) -> None:
+    api = Api(hub, key)
+    for op in COMMAND_ROUTES:
+        app.router.add_post(f"/api/{op}", api.command_handler(op))
+    app.router.add_get("/api/presence", api.command_handler("presence"))
+    app.router.add_get("/api/history", api.command_handler("history"))
+    app.router.add_post("/api/commands", api.commands)
+    app.router.add_get("/api/stats", api.stats)
+    app.router.add_get("/api/openapi.json", api.openapi)
+
+
+# -- the OpenAPI description ----------------------------------------------------------------
+
+_CHANNEL = {"type": "string", "pattern": r"^[A-Za-z0-9_.:@/=+\-]{1,255}$",
+            "description": "Channel name; the part before ':' is its namespace."}
+_CONN = {"type": "string", "minLength": 1, "description": "A connection id (from an event)."}
+_POSITION = {
+    "type": "object", "required": ["offset", "epoch"], "additionalProperties": False,
+    "properties": {"offset": {"type": "integer"}, "epoch": {"type": "string"}},
+    "description": "A position in a channel's stream: what the client last saw.",
+}
+_ANY = {"description": "Any JSON value."}
+_REQUESTS = {
+    "publish": ({"channel": _CHANNEL, "data": _ANY}, ["channel", "data"],
+                "Publish to a channel: every subscriber on every node receives it."),
+    "broadcast": ({"endpoint": {"type": "string", "pattern": "^/.*"}, "data": _ANY},
+                  ["endpoint", "data"], "Publish to every client of a broadcast endpoint."),
+    "send": ({"conn": _CONN, "data": _ANY}, ["conn", "data"], "Send to one connection."),
+    "subscribe": ({"conn": _CONN, "channel": _CHANNEL, "since": _POSITION}, ["conn", "channel"],
+                  "Subscribe a connection to a channel (missed publications since 'since' first)."),
+    "unsubscribe": ({"conn": _CONN, "channel": _CHANNEL}, ["conn", "channel"],
+                    "Unsubscribe a connection from a channel."),
+    "close": ({"conn": _CONN, "code": {"type": "integer", "minimum": 1000, "maximum": 4999},
+               "reason": {"type": "string", "maxLength": 123}}, ["conn"],
+              "Close a connection (code 1000, 1001 or 3000-4999)."),
+    "presence": ({"channel": _CHANNEL}, ["channel"], "Who is in a channel (presence must be on)."),
+    "history": ({"channel": _CHANNEL, "since": _POSITION, "limit": {"type": "integer", "minimum": 0}},
+                ["channel"], "A channel's kept publications."),
+}
+
+
+def openapi_document() -> dict:
+    error = {"description": "Error", "content": {"application/json": {"schema": {
+        "$ref": "#/components/schemas/Error"}}}}
+    paths: dict = {}
+    for op, (properties, required, summary) in _REQUESTS.items():
+        schema = {"type": "object", "properties": {**properties, "op": {"const": op}},
+                  "required": required, "additionalProperties": False}
+        paths[f"/api/{op}"] = {"post": {
+            "summary": summary, "operationId": op,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+            "responses": {
+                "200": {"description": "Done", "content": {"application/json": {"schema": {
+                    "$ref": "#/components/schemas/Result"}}}},
+                "400": error, "401": error, "404": error, "409": error, "413": error,
+            },
+        }}
+    for op in ("presence", "history"):
+        params = [{"name": "channel", "in": "query", "required": True, "schema": _CHANNEL}]
+        if op == "history":
+            params.append({"name": "limit", "in": "query", "required": False,
+                           "schema": {"type": "integer", "minimum": 0}})
+        paths[f"/api/{op}"]["get"] = {
+            "summary": _REQUESTS[op][2], "operationId": f"{op}_get", "parameters": params,
+            "responses": {"200": {"description": "Done", "content": {"application/json": {"schema": {
+                "$ref": "#/components/schemas/Result"}}}}, "400": error, "401": error, "409": error},
+        }
+    paths["/api/commands"] = {"post": {
+        "summary": "Run several commands in order.", "operationId": "commands",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "array", "maxItems": 1000, "items": {"type": "object"}}}}},
+        "responses": {"200": {"description": "One result or error per command", "content": {
+            "application/json": {"schema": {"type": "object", "required": ["results"], "properties": {
+                "results": {"type": "array"}}}}}}, "400": error, "401": error, "413": error},
+    }}
+    paths["/api/stats"] = {"get": {
+        "summary": "Counters of this node.", "operationId": "stats",
+        "responses": {"200": {"description": "Stats", "content": {"application/json": {"schema": {
+            "$ref": "#/components/schemas/Result"}}}}, "401": error},
+    }}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "sockway HTTP API", "version": __version__,
+                 "description": "Commands from the application to the gateway."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}, {"apiKey": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+            "schemas": {
+                "Result": {"type": "object", "required": ["result"],
+                           "properties": {"result": {"type": "object"}}},
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                    "type": "object", "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+            },
+        },
+    }
