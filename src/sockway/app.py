@@ -1,0 +1,222 @@
+"""The application side for synchronous code: no asyncio needed.
+
+Talk to the gateway from Django, Flask, a cron job or a script::
+
+    from sockway.app import Client, Worker
+
+    gateway = Client("http://127.0.0.1:8080", key="...")   # the HTTP API
+    gateway.publish("news", {"title": "hello"})
+    gateway.send(conn_id, "just for you")
+    gateway.close(conn_id, 4000, "bye")
+
+    publisher = ZmqPublisher("tcp://127.0.0.1:5557")       # a PUSH to the gateway's PULL
+    publisher.publish("news", {"title": "hello"})
+
+    worker = Worker("tcp://127.0.0.1:5556", gateway)         # PULL events from the PUSH
+    @worker.on("message")
+    def echo(event, reply):
+        reply.send(event["conn"], event["data"])
+    worker.run()
+
+Only the standard library and pyzmq (for the ZeroMQ classes) are used.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+__all__ = ["Client", "GatewayError", "Worker", "ZmqPublisher"]
+
+
+class GatewayError(Exception):
+    """The gateway refused a command: ``code`` and ``status`` say why."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class Client:
+    """Blocking calls to the HTTP API (``/api/...``)."""
+
+    def __init__(self, url: str, key: str, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.key = key
+        self.timeout = timeout
+
+    def _call(self, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.url + path, data=data, method="GET" if body is None else "POST",
+            headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                error = json.loads(exc.read())["error"]
+            except Exception:
+                raise GatewayError(exc.code, "http_error", str(exc)) from None
+            raise GatewayError(exc.code, error.get("code", "?"), error.get("message", "")) from None
+
+    def command(self, op: str, **fields: Any) -> dict:
+        return self._call(f"/api/{op}", fields)["result"]
+
+    def publish(self, channel: str, data: Any) -> dict:
+        """Publish to a channel; returns its new ``offset`` and ``epoch``."""
+        return self.command("publish", channel=channel, data=data)
+
+    def broadcast(self, endpoint: str, data: Any) -> dict:
+        return self.command("broadcast", endpoint=endpoint, data=data)
+
+    def send(self, conn: str, data: Any) -> dict:
+        return self.command("send", conn=conn, data=data)
+
+    def subscribe(self, conn: str, channel: str, since: dict | None = None) -> dict:
+        fields: dict = {"conn": conn, "channel": channel}
+        if since is not None:
+            fields["since"] = since
+        return self.command("subscribe", **fields)
+
+    def unsubscribe(self, conn: str, channel: str) -> dict:
+        return self.command("unsubscribe", conn=conn, channel=channel)
+
+    def close(self, conn: str, code: int = 3000, reason: str = "") -> dict:
+        return self.command("close", conn=conn, code=code, reason=reason)
+
+    def accept(self, conn: str, user: str | None = None) -> dict:
+        return self.command("accept", conn=conn, user=user)
+
+    def reply(self, event: str, allow: bool, reason: str = "") -> dict:
+        return self.command("reply", event=event, allow=allow, reason=reason)
+
+    def presence(self, channel: str) -> dict:
+        return self.command("presence", channel=channel)["clients"]
+
+    def history(self, channel: str, limit: int | None = None, since: dict | None = None) -> dict:
+        fields: dict = {"channel": channel}
+        if limit is not None:
+            fields["limit"] = limit
+        if since is not None:
+            fields["since"] = since
+        return self.command("history", **fields)
+
+    def commands(self, commands: list[dict]) -> list[dict]:
+        """Several commands in one request, run in order."""
+        return self._call("/api/commands", commands)["results"]
+
+    def stats(self) -> dict:
+        return self._call("/api/stats")["result"]
+
+
+class ZmqPublisher:
+    """Commands over ZeroMQ, fire and forget.
+
+    ``push=True`` (default) connects a PUSH socket to the gateway's PULL address: what
+    is sent right after connecting is kept until the connection is up. ``push=False``
+    connects a PUB socket to the gateway's SUB address, as in the talk; it waits
+    ``settle`` seconds after connecting, since a PUB socket drops what it sends before
+    the gateway's subscription has arrived.
+    """
+
+    def __init__(self, address: str, push: bool = True, settle: float = 0.2) -> None:
+        import zmq
+
+        self._zmq = zmq
+        self.context = zmq.Context.instance()
+        self.socket = self.context.socket(zmq.PUSH if push else zmq.PUB)
+        self.socket.setsockopt(zmq.LINGER, 2000)
+        self.socket.connect(address)
+        if not push and settle:
+            time.sleep(settle)
+
+    def command(self, op: str, **fields: Any) -> None:
+        self.socket.send(json.dumps({"op": op, **fields}).encode())
+
+    def publish(self, channel: str, data: Any) -> None:
+        self.command("publish", channel=channel, data=data)
+
+    def send(self, conn: str, data: Any) -> None:
+        self.command("send", conn=conn, data=data)
+
+    def close(self) -> None:
+        self.socket.close()
+
+    def __enter__(self) -> ZmqPublisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+Handler = Callable[[dict, "Client"], None]
+
+
+class Worker:
+    """Consume application events from the gateway's PUSH socket, in a plain loop.
+
+    Handlers are called with the event and the :class:`Client` to answer with.
+    Duplicate event ids (a redelivery) are skipped.
+    """
+
+    def __init__(self, address: str, client: Client | None = None, *, remember: int = 10_000) -> None:
+        import zmq
+
+        self._zmq = zmq
+        self.address = address
+        self.client = client
+        self.handlers: dict[str, list[Handler]] = {}
+        self.context = zmq.Context.instance()
+        self.socket = self.context.socket(zmq.PULL)
+        self.socket.connect(address)
+        self._seen: dict[str, None] = {}
+        self._remember = remember
+
+    def on(self, kind: str) -> Callable[[Handler], Handler]:
+        """Register a handler for events of ``kind`` ("open", "message", "close", "*")."""
+
+        def register(handler: Handler) -> Handler:
+            self.handlers.setdefault(kind, []).append(handler)
+            return handler
+
+        return register
+
+    def events(self, timeout: float | None = None) -> Iterator[dict]:
+        """Events as they come; stops after ``timeout`` seconds without one."""
+        poller = self._zmq.Poller()
+        poller.register(self.socket, self._zmq.POLLIN)
+        while True:
+            ready = dict(poller.poll(None if timeout is None else int(timeout * 1000)))
+            if self.socket not in ready:
+                return
+            event = json.loads(self.socket.recv())
+            event_id = event.get("id")
+            if event_id is not None:
+                if event_id in self._seen:
+                    continue
+                self._seen[event_id] = None
+                if len(self._seen) > self._remember:
+                    self._seen.pop(next(iter(self._seen)))
+            yield event
+
+    def run(self, timeout: float | None = None, max_events: int | None = None) -> int:
+        """Dispatch events to handlers; returns how many were handled."""
+        count = 0
+        for event in self.events(timeout):
+            for handler in self.handlers.get(event.get("type", ""), []) + self.handlers.get("*", []):
+                handler(event, self.client)  # type: ignore[arg-type]
+            count += 1
+            if max_events is not None and count >= max_events:
+                break
+        return count
+
+    def close(self) -> None:
+        self.socket.close()
