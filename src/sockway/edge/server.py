@@ -97,6 +97,15 @@ class Gateway:
                 "sockjs-client not found: iframe transports need it at /sockjs.min.js. "
                 "Run `npm install sockjs-client@1.6.1` here or set sockjs_client/sockjs_url."
             )
+        helper = STATIC_DIR / "sockway.js"
+
+        async def browser_helper(request: web.Request) -> web.FileResponse:
+            response = web.FileResponse(helper)
+            response.headers["Cache-Control"] = "public, max-age=300"
+            response.headers["Access-Control-Allow-Origin"] = "*"
+            return response
+
+        self.app.router.add_get("/sockway.js", browser_helper)
         self.app.router.add_get("/sockway/health", self._health)
         static = Path(self.config.static) if self.config.static else None
         if static is not None:
