@@ -24,11 +24,11 @@ demo: $(STAMP) node_modules/.package-lock.json
 
 ## Run the whole test suite.
 test: $(STAMP) node_modules/.package-lock.json system-deps
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 
 ## Benchmarks against Node's ws and sockjs-node, printing JSON lines and a table.
 bench: $(STAMP) node_modules/.package-lock.json

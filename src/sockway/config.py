@@ -37,7 +37,9 @@ class ConfigError(ValueError):
 @dataclass
 class EndpointConfig:
     prefix: str
+    """URL prefix, like "/chat": SockJS under it, raw WebSocket at <prefix>/websocket."""
     mode: str = "echo"
+    """echo | broadcast | channels | app (see docs/endpoints.md)."""
     history: int = 0
     """broadcast: messages replayed to each new client (the chat demo uses 15)."""
     sockjs: bool = True
@@ -217,10 +219,13 @@ class BrokerConfig:
 @dataclass
 class ServerConfig:
     host: str = "127.0.0.1"
+    """Address to listen on ("0.0.0.0" for every interface)."""
     port: int = 8080
+    """Port to listen on."""
     cert: str | None = None
     """TLS certificate chain (PEM). With ``key``, the server speaks HTTPS and wss://."""
     key: str | None = None
+    """TLS private key (PEM)."""
     allowed_origins: list[str] = field(default_factory=list)
     """Origins allowed to open connections. Empty (the default): same origin only,
     plus clients that send no Origin (non-browser clients). ``"*"`` allows any;
@@ -242,7 +247,9 @@ class ServerConfig:
     sweep_interval: float = 1.0
     """Seconds between checks of timeouts, heartbeats and keepalives."""
     log_level: str = "info"
+    """debug | info | warning | error."""
     access_log: bool = False
+    """Log every HTTP request (costly at high request rates)."""
     event_queue_size: int = 100_000
     """Application events waiting for a slow or absent application, per output. When
     full, message events are dropped (counted and logged); open and close events are
