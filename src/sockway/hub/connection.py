@@ -11,15 +11,21 @@ from sockway.hub.message import OutMessage
 if TYPE_CHECKING:
     from sockway.hub.endpoint import Endpoint
 
-__all__ = ["Connection", "ConnectionInfo", "new_connection_id"]
+__all__ = ["NODE_ID", "Connection", "ConnectionInfo", "new_connection_id", "node_of"]
 
 _counter = itertools.count(1)
-_node = os.urandom(3).hex()
+NODE_ID = os.urandom(4).hex()
+"""This process's id in the cluster (random; 8 hex digits)."""
 
 
 def new_connection_id() -> str:
-    """Unique within the cluster: a random per-process part and a counter."""
-    return f"{_node}{next(_counter):x}"
+    """Unique within the cluster: ``<node id>.<counter>``. The node part tells any node
+    where a connection lives, so commands for it can be forwarded there."""
+    return f"{NODE_ID}.{next(_counter):x}"
+
+
+def node_of(conn_id: str) -> str:
+    return conn_id.partition(".")[0]
 
 
 class ConnectionInfo:

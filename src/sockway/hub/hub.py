@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ from sockway.bridge.events import EventBus
 from sockway.brokers.base import Broker
 from sockway.hub.channels import ChannelHub
 from sockway.hub.coalesce import Coalescer
+from sockway.hub.connection import NODE_ID
 
 if TYPE_CHECKING:
     from sockway.config import ServerConfig
@@ -68,7 +68,7 @@ class Hub:
                  node_id: str | None = None) -> None:
         self.loop = loop
         self.config = config
-        self.node_id = node_id or os.urandom(3).hex()
+        self.node_id = node_id or NODE_ID
         self.max_connections = config.max_connections
         self.coalescer = Coalescer(loop)
         self.endpoints: dict[str, Endpoint] = {}
