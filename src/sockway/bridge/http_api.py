@@ -24,7 +24,9 @@ __all__ = ["add_api_routes", "openapi_document"]
 
 MAX_BODY = 4 << 20
 COMMAND_ROUTES = ("publish", "broadcast", "send", "subscribe", "unsubscribe", "close",
-                  "presence", "history")
+                  "presence", "history", "accept", "reply")
+"""Commands with their own route (``POST /api/<op>``); every command, these included,
+also runs through ``POST /api/commands``."""
 
 
 def _json(status: int, body: Any) -> web.Response:
@@ -52,11 +54,22 @@ class Api:
         return supplied is not None and hmac.compare_digest(supplied.encode(), self.key)
 
     async def _body(self, request: web.Request) -> Any:
+        """The whole body (at most MAX_BODY bytes), parsed. ``content.read(n)`` returns
+        what has arrived so far, up to n bytes: a body that comes in several TCP
+        segments is read chunk by chunk until its end."""
         if request.content_length is not None and request.content_length > MAX_BODY:
             raise CommandError("too_large", f"the body is over {MAX_BODY} bytes", 413)
-        raw = await request.content.read(MAX_BODY + 1)
-        if len(raw) > MAX_BODY:
-            raise CommandError("too_large", f"the body is over {MAX_BODY} bytes", 413)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await request.content.read(MAX_BODY + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise CommandError("too_large", f"the body is over {MAX_BODY} bytes", 413)
+        raw = b"".join(chunks)
         if not raw:
             raise CommandError("bad_request", "the body must be a JSON object")
         try:
@@ -152,6 +165,11 @@ _REQUESTS = {
     "presence": ({"channel": _CHANNEL}, ["channel"], "Who is in a channel (presence must be on)."),
     "history": ({"channel": _CHANNEL, "since": _POSITION, "limit": {"type": "integer", "minimum": 0}},
                 ["channel"], "A channel's kept publications."),
+    "accept": ({"conn": _CONN, "user": {"type": ["string", "null"]}, "info": {"type": "object"}},
+               ["conn"], "Accept a connection held by an app_accept endpoint."),
+    "reply": ({"event": {"type": "string", "minLength": 1}, "allow": {"type": "boolean"},
+               "reason": {"type": "string"}}, ["event", "allow"],
+              "Answer an application-decided subscribe or publish event."),
 }
 
 

@@ -1,0 +1,225 @@
+"""The HTTP API's contract: exact status codes and JSON errors for every way a request
+can be wrong (401 without the key, 400 bad JSON or fields, 404 unknown connection or
+event, 413 too large, 409 presence off), large bodies read whole, and the OpenAPI
+description listing every route the server answers."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import pytest
+
+from realtime import KEY, Api, ChannelsClient, health, run
+from support import config_gateway
+
+ROUTES = ["publish", "broadcast", "send", "subscribe", "unsubscribe", "close", "presence",
+          "history", "accept", "reply", "commands"]
+
+
+@pytest.fixture(scope="module")
+def gw():
+    config = f"""
+[server]
+sweep_interval = 0.2
+shutdown_timeout = 1
+
+[api]
+key = "{KEY}"
+
+[[endpoint]]
+prefix = "/ch"
+mode = "channels"
+
+[[endpoint]]
+prefix = "/bc"
+mode = "broadcast"
+
+[[namespace]]
+name = ""
+history_size = 10
+presence = true
+
+[[namespace]]
+name = "nopres"
+"""
+    with config_gateway(config) as proc:
+        yield proc
+
+
+def assert_error(status: int, body, expected_status: int, code: str | None = None) -> None:
+    assert status == expected_status, (status, body)
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    assert isinstance(body["error"]["code"], str) and body["error"]["message"], body
+    if code is not None:
+        assert body["error"]["code"] == code, body
+
+
+@run()
+async def test_unauthorized(gw):
+    async with aiohttp.ClientSession() as http:
+        for key in (None, "wrong", "", KEY + "x"):
+            api = Api(http, gw, key)
+            for route in ROUTES:
+                status, body = await api.post(route, {"channel": "x", "data": 1})
+                assert_error(status, body, 401, "unauthorized")
+            for path in ("/api/stats", "/api/presence?channel=x", "/api/history?channel=x"):
+                status, body = await api.get(path)
+                assert_error(status, body, 401, "unauthorized")
+        async with http.post(gw.url + "/api/publish", data=b"{}") as r:
+            assert r.status == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+        # The X-API-Key header works as well as the bearer token.
+        status, body = await Api(http, gw, None).raw(
+            "POST", "/api/publish", json.dumps({"channel": "k", "data": 1}).encode(), {"X-API-Key": KEY})
+        assert status == 200 and body["result"]["channel"] == "k"
+        # Some other scheme is not the key.
+        status, body = await Api(http, gw, None).raw("GET", "/api/stats", None,
+                                                     {"Authorization": f"Basic {KEY}"})
+        assert_error(status, body, 401)
+
+
+@run()
+async def test_bad_requests(gw):
+    async with aiohttp.ClientSession() as http:
+        api = Api(http, gw)
+        for route in ROUTES:
+            for raw in (b"", b"{", b"not json", b"\xff\xfe", b'{"a": 1,}', b"[1,"):
+                status, body = await api.raw("POST", f"/api/{route}", raw)
+                assert_error(status, body, 400, "bad_request")
+        for route in [r for r in ROUTES if r != "commands"]:
+            for body_value in ([], [1], "s", 5, None, True):
+                status, body = await api.post(route, body_value)
+                assert_error(status, body, 400, "bad_request")
+        status, body = await api.post("commands", {"op": "stats"})
+        assert_error(status, body, 400, "bad_request")
+        cases = [
+            ("publish", {"data": 1}, "bad_request"),
+            ("publish", {"channel": "x"}, "bad_request"),
+            ("publish", {"channel": 5, "data": 1}, "bad_request"),
+            ("publish", {"channel": "a b", "data": 1}, "bad_channel"),
+            ("publish", {"channel": "", "data": 1}, "bad_channel"),
+            ("publish", {"channel": "x" * 256, "data": 1}, "bad_channel"),
+            ("publish", {"op": "send", "channel": "x", "data": 1}, "bad_request"),
+            ("broadcast", {"data": 1}, "bad_request"),
+            ("send", {"data": 1}, "bad_request"),
+            ("send", {"conn": 5, "data": 1}, "bad_request"),
+            ("subscribe", {"conn": 5, "channel": "x"}, "bad_request"),
+            ("close", {"conn": None}, "bad_request"),
+            ("history", {"channel": "x", "limit": -1}, "bad_request"),
+            ("history", {"channel": "x", "limit": "3"}, "bad_request"),
+            ("history", {"channel": "x", "limit": True}, "bad_request"),
+            ("history", {"channel": "x", "since": {"offset": 1}}, "bad_request"),
+            ("history", {"channel": "x", "since": "0"}, "bad_request"),
+            ("reply", {"event": "e"}, "bad_request"),
+            ("reply", {"event": "e", "allow": "yes"}, "bad_request"),
+            ("reply", {"event": 5, "allow": True}, "bad_request"),
+            ("reply", {"event": "e", "allow": True, "reason": 5}, "bad_request"),
+            ("accept", {}, "bad_request"),
+        ]
+        for route, payload, code in cases:
+            status, body = await api.post(route, payload)
+            assert_error(status, body, 400, code)
+        for query in ("channel=x&limit=abc", "channel=x&limit=-2", "channel=a%20b", ""):
+            status, body = await api.get(f"/api/history?{query}")
+            assert_error(status, body, 400)
+        assert (await health(http, gw))["status"] == "ok"
+
+
+@run()
+async def test_close_command_checks(gw):
+    async with aiohttp.ClientSession() as http:
+        api = Api(http, gw)
+        c = await ChannelsClient.connect(gw, "/ch")
+        for code in (999, 1005, 1006, 1015, 2000, 2999, 5000, "4000", True, 4000.5, None):
+            status, body = await api.post("close", {"conn": c.conn, "code": code})
+            assert_error(status, body, 400, "bad_request")
+        for reason in (5, "x" * 124, "é" * 62):
+            status, body = await api.post("close", {"conn": c.conn, "reason": reason})
+            assert_error(status, body, 400, "bad_request")
+        assert await api("close", conn=c.conn, code=1000, reason="é" * 61) == {"conn": c.conn, "code": 1000}
+        closed = await c.closed()
+        assert (closed.code, closed.reason) == (1000, "é" * 61)
+
+
+@run()
+async def test_not_found_and_conflict(gw):
+    async with aiohttp.ClientSession() as http:
+        api = Api(http, gw)
+        for route, payload in [("send", {"conn": "nope", "data": 1}),
+                               ("subscribe", {"conn": "nope", "channel": "x"}),
+                               ("unsubscribe", {"conn": "nope", "channel": "x"}),
+                               ("close", {"conn": "nope"}),
+                               ("accept", {"conn": "nope"}),
+                               ("reply", {"event": "nope", "allow": True}),
+                               ("broadcast", {"endpoint": "/nowhere", "data": 1}),
+                               ("broadcast", {"endpoint": "/ch", "data": 1})]:
+            status, body = await api.post(route, payload)
+            assert_error(status, body, 404, "not_found")
+        status, body = await api.post("presence", {"channel": "nopres:x"})
+        assert_error(status, body, 409, "not_enabled")
+        status, body = await api.get("/api/presence?channel=nopres:x")
+        assert_error(status, body, 409, "not_enabled")
+        status, body = await api.get("/api/nothing-here")
+        assert status == 404
+
+
+@run(timeout=60)
+async def test_sizes(gw):
+    async with aiohttp.ClientSession() as http:
+        api = Api(http, gw)
+        # Large bodies are read whole, however they arrive.
+        big = "é" * 300_000  # 600 KB of UTF-8
+        status, body = await api.post("publish", {"channel": "big", "data": big})
+        assert status == 200, body
+        history = await api("history", channel="big", limit=1)
+        assert history["publications"][0]["data"] == big
+
+        async def chunked():
+            payload = json.dumps({"channel": "big", "data": "x" * 900_000}).encode()
+            for i in range(0, len(payload), 7000):
+                yield payload[i:i + 7000]
+
+        status, body = await api.raw("POST", "/api/publish", chunked())
+        assert status == 200, body
+        # Over the data limit (1 MiB): 413.
+        status, body = await api.post("publish", {"channel": "big", "data": "x" * (1 << 20) + "x"})
+        assert_error(status, body, 413, "too_large")
+        status, body = await api.post("send", {"conn": "nope", "data": "x" * (1 << 20) + "x"})
+        assert status in (404, 413)
+        # Over the body limit (4 MiB), with a Content-Length and without one.
+        huge = json.dumps({"channel": "big", "data": "x" * (5 << 20)}).encode()
+        status, body = await api.raw("POST", "/api/publish", huge)
+        assert_error(status, body, 413, "too_large")
+
+        async def huge_chunked():
+            for i in range(0, len(huge), 1 << 16):
+                yield huge[i:i + (1 << 16)]
+
+        status, body = await api.raw("POST", "/api/publish", huge_chunked())
+        assert_error(status, body, 413, "too_large")
+        status, body = await api.post("commands", [{"op": "stats"}] * 1001)
+        assert_error(status, body, 413, "too_large")
+        status, body = await api.post("commands", [{"op": "publish", "channel": "c", "data": i}
+                                                   for i in range(1000)])
+        assert status == 200 and len(body["results"]) == 1000
+        assert (await health(http, gw))["status"] == "ok"
+
+
+@run()
+async def test_openapi_lists_every_route(gw):
+    async with aiohttp.ClientSession() as http, http.get(gw.url + "/api/openapi.json") as r:
+        assert r.status == 200 and r.content_type == "application/json"
+        doc = await r.json()
+    assert doc["openapi"].startswith("3.")
+    paths = doc["paths"]
+    for route in ROUTES:
+        assert "post" in paths[f"/api/{route}"], route
+    assert "get" in paths["/api/stats"]
+    assert "get" in paths["/api/presence"] and "get" in paths["/api/history"]
+    # Every documented operation is served (not a 404 or 405 from the router).
+    async with aiohttp.ClientSession() as http:
+        api = Api(http, gw)
+        for path, methods in paths.items():
+            for method in methods:
+                status, _ = await api.raw(method.upper(), path, b"{}" if method == "post" else None)
+                assert status not in (404, 405), (method, path, status)
