@@ -16,6 +16,7 @@ examples:
   sockway serve                                   # /echo and /chat on 127.0.0.1:8080
   sockway serve --config sockway.toml
   sockway serve --port 9000 --endpoint /chat=broadcast --endpoint /echo=echo
+  sockway serve --config sockway.toml --workers 4 # 4 processes on one port (Redis/NATS broker)
   SOCKWAY_PORT=9000 sockway serve                 # environment overrides the file
   sockway testserver                              # the SockJS protocol test server on 8081
 
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="PREFIX=MODE",
                        help="declare an endpoint (repeatable; replaces the file's endpoints); "
                             "modes: echo, broadcast, channels, app")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="run N processes sharing the port (SO_REUSEPORT) and their channels "
+                            "through the configured broker (needs [broker] url = redis:// or nats://)")
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     _server_flags(serve)
 
     test = sub.add_parser("testserver", help="run the SockJS protocol test server",
@@ -125,8 +130,75 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 f"known modes: {', '.join(sorted(MODES))}"
             )
     _setup_logging(config.log_level)
-    run(config)
+    if args.workers != 1:
+        _check_workers(config, args.workers)
+        return _run_workers(args.workers, args.raw_argv)
+    run(config, reuse_port=args.reuse_port)
     return 0
+
+
+def _check_workers(config, workers: int) -> None:
+    if workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    url = config.broker.url or "memory://"
+    if url.startswith("memory:"):
+        raise ConfigError(
+            f"--workers {workers} needs a shared broker: with the memory broker each process "
+            "would have its own channels, history and presence. Set [broker] url = "
+            "\"redis://127.0.0.1:6379/0\" or \"nats://127.0.0.1:4222\" (docs/brokers.md)")
+    if config.port == 0:
+        raise ConfigError("--workers needs a fixed --port (every worker listens on it)")
+    if config.zeromq.sub or config.zeromq.pull or config.zeromq.push:
+        raise ConfigError("--workers: [zeromq] sockets are bound by one process only; use the "
+                          "broker's command input and event stream instead (docs/brokers.md)")
+
+
+def _run_workers(workers: int, raw_argv: list[str]) -> int:
+    """Start ``workers`` fresh ``sockway serve`` processes (each its own node id) with
+    SO_REUSEPORT, pass SIGTERM/SIGINT on to them, restart one that dies after running a
+    while (one that dies within 5 s of its start stops them all: exit 1), and return
+    when all have stopped."""
+    import signal
+    import subprocess
+    import time
+
+    argv = [a for a in raw_argv if a != "--reuse-port"]
+    if "--workers" in argv:
+        i = argv.index("--workers")
+        del argv[i:i + 2]
+    argv = [a for a in argv if not a.startswith("--workers=")]
+    command = [sys.executable, "-m", "sockway", *argv, "--reuse-port"]
+    log = logging.getLogger("sockway")
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    procs = [subprocess.Popen(command) for _ in range(workers)]
+    started = [time.monotonic()] * workers
+    failed = False
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("started %d workers: %s", workers, ", ".join(str(p.pid) for p in procs))
+    while True:
+        if all(p.poll() is not None for p in procs):
+            return 1 if failed or not stopping else 0
+        for i, proc in enumerate(procs):
+            if proc.poll() is None or stopping:
+                continue
+            if time.monotonic() - started[i] < 5:
+                log.error("worker %d exited with %s at start; stopping", proc.pid, proc.returncode)
+                failed = True
+                stop(signal.SIGTERM, None)
+                break
+            log.warning("worker %d exited with %s; restarting it", proc.pid, proc.returncode)
+            procs[i] = subprocess.Popen(command)
+            started[i] = time.monotonic()
+        time.sleep(0.2)
 
 
 def _cmd_testserver(args: argparse.Namespace) -> int:
@@ -143,6 +215,7 @@ def _cmd_testserver(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.raw_argv = list(argv) if argv is not None else sys.argv[1:]
     if args.command is None:
         parser.print_help()
         return 2

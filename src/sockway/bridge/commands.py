@@ -18,6 +18,15 @@ webhook response)::
 Every command is checked before it runs; a bad one raises :class:`CommandError` with a
 code, a message that says what is wrong, and the HTTP status the API answers with.
 Nothing a command carries can crash the gateway.
+
+A command for a connection on another node (its id starts with that node's id, see
+hub.connection) — ``send``, ``subscribe``, ``unsubscribe``, ``close``, ``accept`` — and
+a ``reply`` to an event emitted by another node (event ids start with the node's id) are
+forwarded through the broker to that node, which runs it and sends back its answer
+(:meth:`Broker.forward`). With the memory broker there is no other node: such a
+connection is not found, as before. An unreachable node: ``not_found``; no answer within
+``FORWARD_TIMEOUT``: ``timeout`` (504, the command may still have run); the broker
+down: ``unavailable`` (503).
 """
 
 from __future__ import annotations
@@ -25,8 +34,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sockway import closecodes
-from sockway.brokers.base import StreamPosition, resolve
+from sockway.brokers.base import BrokerUnavailable, StreamPosition, resolve
 from sockway.hub.channels import valid_channel
+from sockway.hub.connection import node_of
 from sockway.jsonutil import dumps
 
 if TYPE_CHECKING:
@@ -84,6 +94,10 @@ def _data(cmd: dict, limit: int = MAX_DATA) -> Any:
     return data
 
 
+FORWARD_TIMEOUT = 5.0
+"""Seconds a node waits for another node's answer to a forwarded command."""
+CONNECTION_OPS = frozenset({"send", "subscribe", "unsubscribe", "close", "accept"})
+
 OPS = ("publish", "broadcast", "send", "subscribe", "unsubscribe", "close", "presence",
        "history", "accept", "reply", "stats")
 
@@ -93,6 +107,9 @@ class Commands:
         self.hub = hub
         self.executed = 0
         self.failed = 0
+        self.forwarded = 0
+        hub.broker.node_id = hub.node_id
+        hub.broker.on_command = self.run_remote
 
     def _connection(self, cmd: dict):
         conn_id = _require(cmd, "conn", str, "a connection id")
@@ -101,15 +118,66 @@ class Commands:
             raise CommandError("not_found", f"no open connection {conn_id!r} on this node", 404)
         return conn
 
-    async def execute(self, cmd: Any) -> dict:
-        """Run one command; returns its result (a JSON object)."""
+    async def execute(self, cmd: Any, *, forwarded: bool = False) -> dict:
+        """Run one command; returns its result (a JSON object). ``forwarded``: it came
+        from another node, so it runs here and is never forwarded again."""
         try:
-            result = await self._execute(cmd)
+            try:
+                result = await self._execute(cmd, forwarded)
+            except BrokerUnavailable as exc:
+                raise CommandError("unavailable", f"the broker is unavailable: {exc}", 503) from None
         except CommandError:
             self.failed += 1
             raise
         self.executed += 1
         return result
+
+    async def run_remote(self, cmd: Any) -> dict:
+        """Run a command that came through the broker (forwarded by another node, or from
+        the engine's command input); the answer is a JSON object either way."""
+        forwarded = isinstance(cmd, dict) and bool(cmd.pop("forwarded", False))
+        try:
+            return {"result": await self.execute(cmd, forwarded=forwarded)}
+        except CommandError as exc:
+            return {"error": {**exc.as_dict(), "status": exc.status}}
+        except Exception as exc:  # a bug must not kill the broker's reader
+            return {"error": {"code": "internal", "message": repr(exc), "status": 500}}
+
+    def _home(self, cmd: dict, op: str) -> str | None:
+        """The other node this command must run on, if any."""
+        if op in CONNECTION_OPS:
+            conn_id = cmd.get("conn")
+            if not isinstance(conn_id, str) or conn_id in self.hub.by_id:
+                return None
+            node = node_of(conn_id)
+        elif op == "reply":
+            event_id = cmd.get("event")
+            if not isinstance(event_id, str) or event_id in self.hub.decisions.pending:
+                return None
+            node = event_id.partition("-")[0]
+        else:
+            return None
+        return node if node and node != self.hub.node_id else None
+
+    async def _forward(self, node: str, cmd: dict) -> dict | None:
+        pending = self.hub.broker.forward(node, {**cmd, "forwarded": True}, FORWARD_TIMEOUT)
+        if pending is None:
+            return None
+        what = f"connection {cmd['conn']!r}" if "conn" in cmd else f"event {cmd.get('event')!r}"
+        try:
+            answer = await pending
+        except LookupError:
+            raise CommandError("not_found", f"no open {what}: its node {node} is not reachable",
+                               404) from None
+        except TimeoutError:
+            raise CommandError("timeout", f"node {node} did not answer within {FORWARD_TIMEOUT}s "
+                               f"(the command for {what} may still have run)", 504) from None
+        self.forwarded += 1
+        if "error" in answer:
+            error = answer["error"]
+            raise CommandError(str(error.get("code", "error")), str(error.get("message", "")),
+                               int(error.get("status", 400)))
+        return answer.get("result", {})
 
     async def execute_many(self, commands: list) -> list[dict]:
         """Run commands in order; each gets ``{"result": ...}`` or ``{"error": ...}``."""
@@ -121,13 +189,19 @@ class Commands:
                 out.append({"error": exc.as_dict()})
         return out
 
-    async def _execute(self, cmd: Any) -> dict:
+    async def _execute(self, cmd: Any, forwarded: bool = False) -> dict:
         if not isinstance(cmd, dict):
             raise CommandError("bad_request", "a command is a JSON object with an 'op' field")
         op = cmd.get("op")
         handler = getattr(self, f"_op_{op}", None) if isinstance(op, str) and op in OPS else None
         if handler is None:
             raise CommandError("unknown_op", f"unknown op {op!r}; known: {', '.join(OPS)}")
+        if not forwarded:
+            node = self._home(cmd, op)
+            if node is not None:
+                result = await self._forward(node, cmd)
+                if result is not None:
+                    return result
         return await handler(cmd)
 
     async def _op_publish(self, cmd: dict) -> dict:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "Broker",
+    "BrokerUnavailable",
     "HistoryPolicy",
     "HistoryResult",
     "MaybeAwaitable",
@@ -91,6 +92,15 @@ class HistoryResult:
     everything after it (same epoch, nothing expired in between)."""
 
 
+class BrokerUnavailable(Exception):
+    """The backend cannot be reached. The operation did not happen, except a publish cut
+    off in flight, which may have (the caller cannot know: the answer was lost)."""
+
+
+async def _no_command(command: dict) -> dict:
+    return {"error": {"code": "unavailable", "message": "this node runs no commands", "status": 503}}
+
+
 class Broker(ABC):
     """Cross-node fan-out, history and presence for channels."""
 
@@ -100,6 +110,25 @@ class Broker(ABC):
         self.on_publication: Callable[[Publication], None] = lambda pub: None
         self.on_presence: Callable[[str, str, dict | None], None] = lambda ch, conn, info: None
         """Called with (channel, connection id, info) on join, info None on leave."""
+        self.node_id = ""
+        """This node's id (connection ids start with it); set by the hub's Commands."""
+        self.on_command: Callable[[dict], Awaitable[dict]] = _no_command
+        """Runs a command on this node (one forwarded by another node, or one that came
+        in through the engine's own command input) and answers ``{"result": ...}`` or
+        ``{"error": {"code", "message", "status"}}``; set by the hub's Commands."""
+
+    def forward(self, node: str, command: dict, timeout: float) -> Awaitable[dict] | None:
+        """Run ``command`` on ``node`` (where its connection lives) and return its answer
+        (as :attr:`on_command` gives it). ``None``: this engine has no other node (the
+        caller then runs it here, and a connection that is not here is not found).
+        Engines raise :class:`LookupError` when the node is not reachable and
+        :class:`TimeoutError` when it does not answer within ``timeout`` seconds."""
+        return None
+
+    def app_bridges(self, hub: Any) -> list:
+        """Application event outputs and command inputs the engine itself provides
+        (objects with ``start()`` and ``stop()``), started with the gateway's bridges."""
+        return []
 
     async def start(self) -> None:  # noqa: B027 - optional for engines without a backend
         """Connect to the backend."""

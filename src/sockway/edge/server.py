@@ -81,6 +81,8 @@ class Gateway:
             from sockway.bridge.webhooks import WebhookSender
 
             self.bridges.append(WebhookSender(self.hub, config.webhook))
+        # Event outputs and command inputs of the broker engine itself (Redis streams, NATS).
+        self.bridges.extend(self.broker.app_bridges(self.hub))
 
     def _add_static_routes(self) -> None:
         client = find_sockjs_client(self.config.sockjs_client)
@@ -107,6 +109,7 @@ class Gateway:
 
         self.app.router.add_get("/sockway.js", browser_helper)
         self.app.router.add_get("/sockway/health", self._health)
+        self.app.router.add_get("/readyz", self._readyz)
         static = Path(self.config.static) if self.config.static else None
         if static is not None:
             if not static.is_dir():
@@ -117,9 +120,19 @@ class Gateway:
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({
             "status": "ok",
+            "ready": self.broker.ready,
+            "broker": self.broker.name,
+            "node": self.hub.node_id,
             "connections": self.hub.connections,
             "endpoints": {p: len(e.clients) for p, e in self.hub.endpoints.items()},
         })
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        """200 when this node can serve channels (its broker is reachable), else 503: a
+        load balancer stops sending new clients here; connected ones stay."""
+        ready = self.broker.ready and not self.hub.shutting_down
+        return web.json_response({"ready": ready, "broker": self.broker.name},
+                                 status=200 if ready else 503)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.config.cert:
@@ -128,7 +141,7 @@ class Gateway:
         context.load_cert_chain(self.config.cert, self.config.key)
         return context
 
-    async def start(self, sock=None) -> None:
+    async def start(self, sock=None, reuse_port: bool = False) -> None:
         self.runner = web.AppRunner(
             self.app,
             access_log=log if self.config.access_log else None,
@@ -140,7 +153,8 @@ class Gateway:
             site = web.SockSite(self.runner, sock, ssl_context=self.ssl_context())
         else:
             site = web.TCPSite(self.runner, self.config.host, self.config.port,
-                               ssl_context=self.ssl_context(), backlog=4096)
+                               ssl_context=self.ssl_context(), backlog=4096,
+                               reuse_port=reuse_port or None)
         await site.start()
         self.sites.append(site)
         await self.hub.start(self.config.sweep_interval)
@@ -202,10 +216,10 @@ def _use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def serve(config: ServerConfig, ready=None) -> None:
+async def serve(config: ServerConfig, ready=None, reuse_port: bool = False) -> None:
     gateway = Gateway(config)
     _install_signal_handlers(asyncio.get_running_loop(), gateway)
-    await gateway.start()
+    await gateway.start(reuse_port=reuse_port)
     scheme = "https" if config.cert else "http"
     endpoints = ", ".join(f"{e.prefix} ({e.mode})" for e in config.endpoints) or "none"
     log.info("sockway listening on %s://%s:%d — endpoints: %s", scheme, config.host,
@@ -218,6 +232,8 @@ async def serve(config: ServerConfig, ready=None) -> None:
     log.info("stopped")
 
 
-def run(config: ServerConfig) -> None:
+def run(config: ServerConfig, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT. ``reuse_port``: listen with SO_REUSEPORT, so that
+    several worker processes share the port (``sockway serve --workers N``)."""
     _use_uvloop()
-    asyncio.run(serve(config))
+    asyncio.run(serve(config, reuse_port=reuse_port))
