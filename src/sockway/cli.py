@@ -19,6 +19,7 @@ examples:
   sockway serve --config sockway.toml --workers 4 # 4 processes on one port (Redis/NATS broker)
   SOCKWAY_PORT=9000 sockway serve                 # environment overrides the file
   sockway testserver                              # the SockJS protocol test server on 8081
+  sockway cat ws://127.0.0.1:8080/echo/websocket  # a WebSocket/SockJS shell
 
 Precedence: flags > environment (SOCKWAY_*) > config file > defaults.
 Documentation: docs/ in the source tree, starting with docs/cli.md.
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     _server_flags(serve)
 
+    for tool in _tools().values():
+        tool.add_parser(sub)
+
     test = sub.add_parser("testserver", help="run the SockJS protocol test server",
                           description="The standard SockJS protocol test server: /echo, "
                                       "/disabled_websocket_echo, /cookie_needed_echo, /close, "
@@ -87,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--log-level", default="info",
                       choices=["debug", "info", "warning", "error"])
     return parser
+
+
+def _tools() -> dict:
+    """The debugging tools, each a module with add_parser(sub) and run(args)."""
+    from sockway.tools import cat
+
+    return {"cat": cat}
 
 
 def _setup_logging(level: str) -> None:
@@ -224,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_serve(args)
         if args.command == "testserver":
             return _cmd_testserver(args)
+        tools = _tools()
+        if args.command in tools:
+            return tools[args.command].run(args)
     except ConfigError as exc:
         print(f"sockway: configuration error: {exc}", file=sys.stderr)
         return 2
