@@ -1,0 +1,123 @@
+"""``sockway publish``: publish to a channel or send to a connection from the command
+line, through any bridge (what zmqc was to the talk).
+
+    sockway publish news '{"title": "hi"}' --json --url http://127.0.0.1:8080 --key K
+    sockway publish news hello --zmq tcp://127.0.0.1:5557          # PUSH to [zeromq] pull
+    sockway publish news hello --zmq tcp://127.0.0.1:5555 --pub    # PUB to [zeromq] sub
+    sockway publish --conn 3f9a1c2e.1b hello --url ... --key K      # one connection
+    sockway publish --endpoint /chat hello --url ... --key K       # a broadcast endpoint
+    tail -f app.log | sockway publish logs --url ... --key K       # one message per line
+
+Without DATA, each stdin line is published. DATA is a string unless ``--json``.
+Exit status: 0 when everything was accepted, 1 when the gateway refused something or
+could not be reached (the reason is printed), 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("publish", help="publish to a channel (or send to a connection)",
+                       description=__doc__.split("\n\n")[0],
+                       epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("channel", nargs="?", help="channel name (omit with --conn or --endpoint)")
+    p.add_argument("data", nargs="?", help="the message; without it, stdin lines")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--conn", help="send to this connection id instead")
+    target.add_argument("--endpoint", help="broadcast to this broadcast endpoint instead")
+    p.add_argument("--json", action="store_true", help="DATA (or each line) is JSON")
+    via = p.add_mutually_exclusive_group()
+    via.add_argument("--url", default=os.environ.get("SOCKWAY_URL"),
+                     help="gateway base URL for the HTTP API (or SOCKWAY_URL)")
+    via.add_argument("--zmq", metavar="ADDRESS", help="ZeroMQ address of the gateway's PULL (or SUB, with --pub)")
+    via.add_argument("--redis", metavar="URL", help="Redis URL of a cluster using the redis broker")
+    p.add_argument("--key", default=os.environ.get("SOCKWAY_API_KEY"), help="API key (or SOCKWAY_API_KEY)")
+    p.add_argument("--pub", action="store_true", help="with --zmq: a PUB socket (waits for the subscription)")
+    return p
+
+
+def _commands(args: argparse.Namespace, lines) -> list[dict]:
+    out = []
+    for line in lines:
+        if args.json:
+            try:
+                data = json.loads(line)
+            except ValueError as exc:
+                raise SystemExit(f"sockway publish: --json given but {line[:60]!r} is not JSON: {exc}") from None
+        else:
+            data = line
+        if args.conn:
+            out.append({"op": "send", "conn": args.conn, "data": data})
+        elif args.endpoint:
+            out.append({"op": "broadcast", "endpoint": args.endpoint, "data": data})
+        else:
+            out.append({"op": "publish", "channel": args.channel, "data": data})
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.conn or args.endpoint:
+        # The first positional is then the data.
+        if args.data is None and args.channel is not None:
+            args.data, args.channel = args.channel, None
+    elif not args.channel:
+        print("sockway publish: give a CHANNEL (or --conn ID / --endpoint PREFIX)", file=sys.stderr)
+        return 2
+    if not (args.url or args.zmq or args.redis):
+        print("sockway publish: say how to reach the gateway: --url (HTTP API), --zmq or --redis",
+              file=sys.stderr)
+        return 2
+
+    def lines():
+        if args.data is not None:
+            yield args.data
+            return
+        for line in sys.stdin:
+            line = line.rstrip("\n")
+            if line:
+                yield line
+
+    status = 0
+    if args.url:
+        from sockway.app import Client, GatewayError
+
+        if not args.key:
+            print("sockway publish: the HTTP API needs --key (or SOCKWAY_API_KEY)", file=sys.stderr)
+            return 2
+        client = Client(args.url, args.key)
+        for line in lines():
+            for cmd in _commands(args, [line]):
+                op = cmd.pop("op")
+                try:
+                    result = client.command(op, **cmd)
+                except GatewayError as exc:
+                    print(f"sockway publish: refused: {exc}", file=sys.stderr)
+                    status = 1
+                except OSError as exc:
+                    print(f"sockway publish: cannot reach {args.url}: {exc}", file=sys.stderr)
+                    return 1
+                else:
+                    print(json.dumps(result))
+        return status
+    if args.zmq:
+        from sockway.app import ZmqPublisher
+
+        with ZmqPublisher(args.zmq, push=not args.pub) as publisher:
+            for line in lines():
+                for cmd in _commands(args, [line]):
+                    publisher.socket.send(json.dumps(cmd).encode())
+        return 0
+    from sockway.app_redis import publish_command  # type: ignore[attr-defined]
+
+    for line in lines():
+        for cmd in _commands(args, [line]):
+            publish_command(args.redis, cmd)
+    return 0

@@ -1,0 +1,123 @@
+"""``sockway tail``: watch application events or a channel's messages.
+
+    sockway tail events --zmq tcp://127.0.0.1:5556            # PULL from [zeromq] push
+    sockway tail channel news --url ws://127.0.0.1:8080/live/websocket
+    sockway tail channel news --url http://127.0.0.1:8080/live --transport xhr-streaming
+    sockway tail channel news --url ... --since 41:9f2c01ab    # what was missed first
+
+Output: one JSON object per line. Stops after ``--count`` items or ``--timeout`` seconds
+of silence. A PULL socket shares events with the application's workers (each event
+goes to one of them), so tail events from a ZeroMQ PUSH only when no worker runs.
+Exit status: 0, 1 if the gateway cannot be reached or refuses, 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("tail", help="print application events or a channel's messages",
+                       description=__doc__.split("\n\n")[0],
+                       epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["events", "channel"])
+    p.add_argument("name", nargs="?", help="channel name (tail channel)")
+    p.add_argument("--zmq", metavar="ADDRESS", help="events: the gateway's PUSH address")
+    p.add_argument("--url", help="channel: a channels-mode endpoint (ws://.../websocket or http://... SockJS)")
+    p.add_argument("--transport", default="websocket", help="SockJS transport for http URLs")
+    p.add_argument("--token", help="JWT for the channels endpoint")
+    p.add_argument("--since", metavar="OFFSET:EPOCH", help="channel: recover from this position first")
+    p.add_argument("--count", "-n", type=int, help="stop after this many items")
+    p.add_argument("--timeout", type=float, help="stop after this many seconds without an item")
+    return p
+
+
+def _out(item) -> None:
+    sys.stdout.write(json.dumps(item, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def _tail_events(args: argparse.Namespace) -> int:
+    if not args.zmq:
+        print("sockway tail events: give --zmq ADDRESS (the gateway's [zeromq] push)", file=sys.stderr)
+        return 2
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.PULL)
+    sock.connect(args.zmq)
+    count = 0
+    try:
+        while args.count is None or count < args.count:
+            if args.timeout is not None and not sock.poll(int(args.timeout * 1000)):
+                break
+            _out(json.loads(sock.recv()))
+            count += 1
+    finally:
+        sock.close(linger=0)
+    return 0
+
+
+async def _tail_channel(args: argparse.Namespace) -> int:
+    from sockway.client import Closed, connect
+
+    if not args.name or not args.url:
+        print("sockway tail channel: give NAME and --url of a channels-mode endpoint", file=sys.stderr)
+        return 2
+    subscribe: dict = {"op": "subscribe", "channel": args.name, "id": 1}
+    if args.since:
+        offset, _, epoch = args.since.partition(":")
+        try:
+            subscribe["since"] = {"offset": int(offset), "epoch": epoch}
+        except ValueError:
+            print("sockway tail channel: --since takes OFFSET:EPOCH, like 41:9f2c01ab", file=sys.stderr)
+            return 2
+    try:
+        conn = await connect(args.url, transport=args.transport, token=args.token).open()
+    except Exception as exc:
+        print(f"sockway tail: could not connect to {args.url}: {exc}", file=sys.stderr)
+        return 1
+    count = 0
+    try:
+        await conn.send(json.dumps(subscribe))
+        while args.count is None or count < args.count:
+            try:
+                raw = await conn.recv(timeout=args.timeout)
+            except TimeoutError:
+                break
+            except Closed as closed:
+                print(f"sockway tail: closed {closed.code} {closed.reason}", file=sys.stderr)
+                return 1 if closed.code not in (1000, 1001) else 0
+            frame = json.loads(raw)
+            kind = frame.get("type")
+            if kind == "reply" and frame.get("id") == 1:
+                if "error" in frame:
+                    print(f"sockway tail: subscribe refused: {frame['error']['message']}", file=sys.stderr)
+                    return 1
+                result = frame["result"]
+                for pub in result.get("publications", []):
+                    _out({"channel": args.name, "epoch": result["epoch"], **pub, "recovered": True})
+                    count += 1
+                if args.since and not result.get("recovered"):
+                    print("sockway tail: history does not cover the gap since "
+                          f"{args.since}; showing live messages only", file=sys.stderr)
+            elif kind in ("message", "join", "leave"):
+                _out(frame)
+                count += 1
+    finally:
+        await conn.close()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.what == "events":
+            return _tail_events(args)
+        return asyncio.run(_tail_channel(args))
+    except KeyboardInterrupt:
+        return 0
