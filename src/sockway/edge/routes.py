@@ -230,11 +230,11 @@ class EndpointRoutes:
             return await run_polling(session, request, response, wrap)
         streaming = HtmlFile(callback) if transport == "htmlfile" else STREAMING[transport]()
         response = web.StreamResponse()
-        response.content_type = streaming.content_type
-        if transport != "eventsource":
-            response.charset = "UTF-8"
+        response.headers["Content-Type"] = streaming.content_type
         self._session_headers(request, response.headers)
-        if transport == "xhr_streaming":
+        if transport in ("xhr_streaming", "eventsource"):
+            # sockjs-client opens EventSource cross-origin too, so it needs CORS like
+            # the XHR transports.
             h.cors_headers(request, response.headers)
         return await run_streaming(session, request, response, streaming)
 

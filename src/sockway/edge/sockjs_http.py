@@ -42,19 +42,28 @@ log = logging.getLogger("sockway.sockjs")
 
 
 class Receiver:
-    """The receiving request currently attached to a session."""
+    """The receiving request currently attached to a session.
 
-    __slots__ = ("_waiter", "aborted", "request")
+    A wake-up is never lost: one that comes while the request is not waiting (the
+    session closed by the application's ``on_open``, called while the request is
+    attaching, as on the ``/close`` test endpoint; or a message pushed while the open
+    frame is being written) makes the next :meth:`wait` return at once.
+    """
+
+    __slots__ = ("_waiter", "_woken", "aborted", "request")
 
     def __init__(self, request: web.BaseRequest) -> None:
         self.request = request
         self.aborted = False
         self._waiter: asyncio.Future | None = None
+        self._woken = False
 
     def wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is None:
+            self._woken = True
+        elif not waiter.done():
+            waiter.set_result(True)
 
     def abort(self) -> None:
         self.aborted = True
@@ -67,7 +76,11 @@ class Receiver:
         return transport is None or transport.is_closing()
 
     async def wait(self, timeout: float) -> bool:
-        """Wait to be woken; False on timeout (the caller then sends a heartbeat)."""
+        """Wait to be woken; True when woken, False on timeout (the caller then sends a
+        heartbeat)."""
+        if self._woken:
+            self._woken = False
+            return True
         loop = asyncio.get_running_loop()
         self._waiter = waiter = loop.create_future()
         handle = loop.call_later(timeout, _timeout, waiter)
@@ -200,6 +213,8 @@ class StreamingTransport:
 
     name: ClassVar[str]
     content_type: ClassVar[str]
+    """The whole Content-Type header. sockjs-protocol compares it with the charset
+    spelled ``UTF-8``; aiohttp's ``charset`` setter would lower-case it."""
 
     def prelude(self, request: web.BaseRequest) -> bytes:
         raise NotImplementedError
@@ -210,7 +225,7 @@ class StreamingTransport:
 
 class XhrStreaming(StreamingTransport):
     name = "xhr-streaming"
-    content_type = "application/javascript"
+    content_type = "application/javascript; charset=UTF-8"
 
     def prelude(self, request):
         return XHR_STREAMING_PRELUDE
@@ -230,7 +245,7 @@ class EventSource(StreamingTransport):
 
 class HtmlFile(StreamingTransport):
     name = "htmlfile"
-    content_type = "text/html"
+    content_type = "text/html; charset=UTF-8"
 
     def __init__(self, callback: str) -> None:
         self.callback = callback
@@ -273,8 +288,15 @@ async def run_polling(session: HttpSession, request: web.BaseRequest, response: 
 async def run_streaming(session: HttpSession, request: web.BaseRequest,
                         response: web.StreamResponse, transport: StreamingTransport) -> web.StreamResponse:
     """A streaming response: prelude, then frames until the response limit, a close
-    frame, or the client going away."""
+    frame, or the client going away.
+
+    Over HTTP/1.0 there is no chunked encoding and the length is unknown, so the
+    connection is closed after the response even if the client asked for keep-alive:
+    that is how the client sees the end of the body (sockjs-protocol
+    Http10.test_streaming). aiohttp would otherwise keep it open."""
     config = session.endpoint.config
+    if request.version < (1, 1):
+        response.force_close()
     await response.prepare(request)
     await response.write(transport.prelude(request))
     receiver = Receiver(request)
