@@ -89,7 +89,16 @@ def wrap_xhr(frame: bytes) -> bytes:
 
 def wrap_eventsource(frame: bytes) -> bytes:
     """eventsource: one server-sent event per frame. Frames never contain raw new
-    lines (JSON escapes them), so one ``data:`` line always suffices."""
+    lines (JSON escapes them), so one ``data:`` line always suffices.
+
+    sockjs-client passes each event's data through ``decodeURI`` (older versions
+    ``unescape``) before parsing it, so a ``%`` in a message would be mangled ("%41"
+    becomes "A") or make the client throw ("URI malformed"). A ``%`` can only occur
+    inside a JSON string of the frame, where it is written as the JSON escape
+    ``\\u0025``: no percent sign is left to decode, and JSON gives it back, whatever
+    the client does or does not decode."""
+    if b"%" in frame:
+        frame = frame.replace(b"%", b"\\u0025")
     return b"data: " + frame + b"\r\n\r\n"
 
 
