@@ -15,12 +15,20 @@ Server to client::
 
     {"type": "connected", "conn": "<id>", "user": "alice"}
     {"type": "reply", "id": 2, "result": {"channel": "news", "offset": 57, "epoch": "9f2c",
-                                          "recovered": true, "publications": [...]}}
+                                          "recovered": true, "recoverable": true,
+                                          "publications": [...]}}
     {"type": "reply", "id": 4, "error": {"code": "forbidden", "message": "..."}}
     {"type": "message", "channel": "news", "offset": 58, "epoch": "9f2c", "data": ...}
     {"type": "message", "data": ...}        (sent to this connection by the application)
     {"type": "join" | "leave", "channel": "chat:lobby", "conn": "<id>", "info": {...}}
     {"type": "error", "error": {"code": ..., "message": ...}}   (a command without id failed)
+
+The subscribe reply: ``offset``/``epoch`` is the channel's position; with ``since``,
+``publications`` are the ones missed after it (each ``{"offset", "data", "time"}``, in
+order) and ``recovered`` says whether that is all of them (same epoch, nothing expired
+in between); ``recoverable`` says whether the channel keeps history at all, so whether a
+client should ask with ``since`` after a reconnect (without history, any publication
+missed is lost, and a position is not kept once nobody is subscribed).
 
 Permissions come from the channel's ``[[namespace]]``: ``open``, ``token`` (the JWT's
 ``channels``/``publish`` claims), ``app`` (the application answers a ``subscribe`` or
@@ -184,8 +192,10 @@ class ChannelsMode(Mode):
             raise CommandError("already_subscribed", f"already subscribed to {channel!r}")
 
         def go() -> None:
+            recoverable = self.hub.channels.policy(channel).size > 0
+
             def ready(result: SubscribeResult) -> None:
-                _reply(conn, request_id, result.as_dict())
+                _reply(conn, request_id, {**result.as_dict(), "recoverable": recoverable})
 
             outcome = self.hub.channels.subscribe(conn, channel, ENVELOPE, since, ready=ready)
             if not isinstance(outcome, SubscribeResult):
