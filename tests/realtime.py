@@ -40,6 +40,7 @@ __all__ = [
     "health",
     "rss_kib",
     "run",
+    "until_closed",
     "zmq_address",
 ]
 
@@ -62,6 +63,16 @@ def run(timeout: float = 60.0):
         return runner
 
     return wrap
+
+
+async def until_closed(transport, timeout: float = T) -> Closed:
+    """Read (and drop) whatever a transport receives until the server closes it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await transport.recv_text(max(0.01, deadline - time.monotonic()))
+        except Closed as exc:
+            return exc
 
 
 async def eventually(predicate: Callable[[], Any], timeout: float = T, interval: float = 0.05) -> Any:

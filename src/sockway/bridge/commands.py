@@ -17,7 +17,11 @@ webhook response)::
 
 Every command is checked before it runs; a bad one raises :class:`CommandError` with a
 code, a message that says what is wrong, and the HTTP status the API answers with.
-Nothing a command carries can crash the gateway.
+Nothing a command carries can crash the gateway: ``data`` (and ``info``) nested deeper
+than :data:`MAX_DEPTH` levels is refused (encoding it would exhaust the stack), a string
+with lone surrogates (which SockJS clients can produce, see sockjs.escaping) is measured
+as such rather than failing, and a close ``reason`` must be valid UTF-8 (RFC 6455
+section 5.5.1).
 
 A command for a connection on another node (its id starts with that node's id, see
 hub.connection) — ``send``, ``subscribe``, ``unsubscribe``, ``close``, ``accept`` — and
@@ -42,9 +46,13 @@ from sockway.jsonutil import dumps
 if TYPE_CHECKING:
     from sockway.hub.hub import Hub
 
-__all__ = ["OPS", "CommandError", "Commands", "parse_position"]
+__all__ = ["MAX_DEPTH", "OPS", "CommandError", "Commands", "json_size", "parse_position"]
 
 MAX_DATA = 1 << 20
+MAX_DEPTH = 128
+"""Deepest nesting of arrays and objects accepted in published or sent data. Deeper
+values cannot always be encoded back (the JSON encoders recurse), so they are refused
+when they come in rather than failing on their way out."""
 
 
 class CommandError(Exception):
@@ -84,11 +92,43 @@ def parse_position(value: Any) -> StreamPosition | None:
     return StreamPosition(value["offset"], value["epoch"])
 
 
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest deeper than ``limit`` in ``value`` (iterative)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, (list, dict)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def json_size(value: Any, what: str = "'data'") -> int:
+    """Bytes of ``value`` as JSON (a string: its UTF-8 length), refusing values nested
+    deeper than :data:`MAX_DEPTH`."""
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    if not isinstance(value, (list, dict)):
+        return len(dumps(value))
+    too_deep = CommandError("bad_request", f"{what} is nested more than {MAX_DEPTH} levels deep")
+    try:
+        encoded = dumps(value)
+    except RecursionError:
+        raise too_deep from None
+    # Fewer brackets than the limit in the whole text: no need to walk the value.
+    if encoded.count(b"[") + encoded.count(b"{") > MAX_DEPTH and _too_deep(value, MAX_DEPTH):
+        raise too_deep
+    return len(encoded)
+
+
 def _data(cmd: dict, limit: int = MAX_DATA) -> Any:
     if "data" not in cmd:
         raise CommandError("bad_request", "'data' is required (any JSON value)")
     data = cmd["data"]
-    size = len(data.encode()) if isinstance(data, str) else len(dumps(data))
+    size = json_size(data)
     if size > limit:
         raise CommandError("too_large", f"'data' is {size} bytes; the limit is {limit}", 413)
     return data
@@ -246,8 +286,12 @@ class Commands:
             code in (1000, 1001) or 3000 <= code <= 4999
         ):
             raise CommandError("bad_request", "'code' must be 1000, 1001 or 3000-4999")
-        if not isinstance(reason, str) or len(reason.encode()) > 123:
-            raise CommandError("bad_request", "'reason' must be a string of at most 123 bytes")
+        try:
+            reason_size = len(reason.encode()) if isinstance(reason, str) else None
+        except UnicodeEncodeError:  # lone surrogates: not UTF-8, cannot go in a close frame
+            reason_size = None
+        if reason_size is None or reason_size > 123:
+            raise CommandError("bad_request", "'reason' must be a string of at most 123 bytes of UTF-8")
         conn.close(code, reason)
         return {"conn": conn.id, "code": code}
 
@@ -280,10 +324,15 @@ class Commands:
         user = cmd.get("user")
         if user is not None and not isinstance(user, str):
             raise CommandError("bad_request", "'user' must be a string")
+        info = cmd.get("info")
+        if info is not None:
+            if not isinstance(info, dict):
+                raise CommandError("bad_request", "'info' must be an object")
+            json_size(info, "'info'")
         accept = getattr(conn.endpoint.mode, "accept", None)
         if accept is None:
             raise CommandError("bad_request", f"endpoint {conn.endpoint.prefix} does not wait for accept")
-        accept(conn, user, cmd.get("info"))
+        accept(conn, user, info)
         return {"conn": conn.id}
 
     async def _op_reply(self, cmd: dict) -> dict:

@@ -10,6 +10,12 @@ counts the events of one connection from 1 (open) upwards, so that a worker can 
 their order. Events of one connection are emitted in order; once its ``close`` has been
 emitted, nothing more is emitted for it.
 
+Events are valid UTF-8 JSON (RFC 8259 section 8.1) whatever they carry: a SockJS client
+can send a lone surrogate (``"\\ud800"``, a JavaScript string is UTF-16), which has no
+UTF-8 encoding; such an event is encoded with every non-ASCII character escaped
+(:func:`encode_json`), which any JSON parser reads back, instead of bytes that are not
+UTF-8 and that strict parsers (PHP, Go, browsers) refuse.
+
 Each output has its own bounded queue (``event_queue_size``): an application that is
 slow or down costs at most that many events of memory per output. When a queue is full,
 ``message`` events are dropped (and counted); ``open`` and ``close`` events are always
@@ -21,21 +27,37 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import json
 import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sockway.jsonutil import dumps
+from sockway.jsonutil import HAVE_ORJSON
+
+if HAVE_ORJSON:
+    import orjson
 
 if TYPE_CHECKING:
     from sockway.hub.connection import Connection
 
-__all__ = ["EventBus", "EventQueue"]
+__all__ = ["EventBus", "EventQueue", "encode_json"]
 
 log = logging.getLogger("sockway.events")
 
 ALWAYS_KEPT = frozenset({"open", "close"})
+
+
+def encode_json(obj: Any) -> bytes:
+    """Compact JSON that is always valid UTF-8: orjson when it can encode ``obj``;
+    otherwise (lone surrogates, integers over 64 bits, deep nesting) the standard
+    library with non-ASCII characters escaped."""
+    if HAVE_ORJSON:
+        try:
+            return orjson.dumps(obj)
+        except TypeError:
+            pass
+    return json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 class EventQueue:
@@ -128,7 +150,7 @@ class EventBus:
         return event
 
     def publish(self, event: dict) -> None:
-        data = dumps(event)
+        data = encode_json(event)
         self.emitted += 1
         for queue in self.queues:
             queue.put(event, data)

@@ -15,7 +15,8 @@ from aiohttp import web
 
 from sockway import __version__
 from sockway.bridge.commands import CommandError
-from sockway.jsonutil import dumps, loads
+from sockway.bridge.events import encode_json
+from sockway.jsonutil import loads
 
 if TYPE_CHECKING:
     from sockway.hub.hub import Hub
@@ -30,7 +31,9 @@ also runs through ``POST /api/commands``."""
 
 
 def _json(status: int, body: Any) -> web.Response:
-    return web.Response(status=status, body=dumps(body), content_type="application/json")
+    """A JSON response, valid UTF-8 even when it carries strings a SockJS client sent with
+    lone surrogates (see bridge.events.encode_json)."""
+    return web.Response(status=status, body=encode_json(body), content_type="application/json")
 
 
 def _error(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:
@@ -76,6 +79,8 @@ class Api:
             return loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise CommandError("bad_request", "the body is not valid JSON") from None
+        except RecursionError:
+            raise CommandError("bad_request", "the body is nested too deeply") from None
 
     def command_handler(self, op: str):
         async def handle(request: web.Request) -> web.Response:
