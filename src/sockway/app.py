@@ -23,10 +23,12 @@ Only the standard library and pyzmq (for the ZeroMQ classes) are used.
 
 from __future__ import annotations
 
+import atexit
 import json
 import time
 import urllib.error
 import urllib.request
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -125,16 +127,25 @@ class ZmqPublisher:
     connects a PUB socket to the gateway's SUB address, as in the talk; it waits
     ``settle`` seconds after connecting, since a PUB socket drops what it sends before
     the gateway's subscription has arrived.
+
+    Sending only queues: the message leaves from ZeroMQ's I/O thread. :meth:`close`
+    waits, at most ``linger`` seconds, until what was sent has left, then ends that
+    thread; a publisher still open when the interpreter exits is closed then, so that a
+    short script that publishes and ends does not lose its message.
     """
 
-    def __init__(self, address: str, push: bool = True, settle: float = 0.2) -> None:
+    def __init__(self, address: str, push: bool = True, settle: float = 0.2, linger: float = 2.0) -> None:
         import zmq
 
         self._zmq = zmq
-        self.context = zmq.Context.instance()
+        # A context of its own: closing it is what waits for the queued messages (the
+        # shared Context.instance() is never terminated at exit, and its I/O thread dies
+        # with whatever is still queued).
+        self.context = zmq.Context()
         self.socket = self.context.socket(zmq.PUSH if push else zmq.PUB)
-        self.socket.setsockopt(zmq.LINGER, 2000)
+        self.socket.setsockopt(zmq.LINGER, int(linger * 1000))
         self.socket.connect(address)
+        _open_publishers.add(self)
         if not push and settle:
             time.sleep(settle)
 
@@ -144,17 +155,35 @@ class ZmqPublisher:
     def publish(self, channel: str, data: Any) -> None:
         self.command("publish", channel=channel, data=data)
 
+    def broadcast(self, endpoint: str, data: Any) -> None:
+        self.command("broadcast", endpoint=endpoint, data=data)
+
     def send(self, conn: str, data: Any) -> None:
         self.command("send", conn=conn, data=data)
 
     def close(self) -> None:
-        self.socket.close()
+        """Wait (at most ``linger`` seconds) for what was sent to leave, then close."""
+        _open_publishers.discard(self)
+        if not self.context.closed:
+            self.socket.close()
+            self.context.term()
 
     def __enter__(self) -> ZmqPublisher:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_open_publishers: weakref.WeakSet[ZmqPublisher] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_publishers() -> None:
+    # Publishers left open: closing waits for their queued messages (pyzmq itself does
+    # not terminate contexts at exit).
+    for publisher in list(_open_publishers):
+        publisher.close()
 
 
 Handler = Callable[[dict, "Client"], None]
