@@ -52,6 +52,7 @@ class WebhookSender:
         self.retries = 0
         self.commands_run = 0
         self.last_error = ""
+        self.last_attempts = 0
 
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(
@@ -79,7 +80,7 @@ class WebhookSender:
             else:
                 self.failed_batches += 1
                 log.error("webhook %s: dropped a batch of %d event(s) after %d attempt(s): %s",
-                          self.config.url, len(batch), self.config.max_retries + 1, self.last_error)
+                          self.config.url, len(batch), self.last_attempts, self.last_error)
 
     async def _deliver(self, body: bytes, count: int) -> bool:
         assert self.session is not None and self.config.url
@@ -89,6 +90,7 @@ class WebhookSender:
             headers["X-Sockway-Signature"] = sign(self.config.secret, body)
         delay = 0.2
         for attempt in range(self.config.max_retries + 1):
+            self.last_attempts = attempt + 1
             if attempt:
                 self.retries += 1
                 await asyncio.sleep(delay)
