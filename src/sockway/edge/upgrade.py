@@ -2,11 +2,13 @@
 
 The opening handshake (RFC 6455 section 4.2) is checked and negotiated by the
 ``websockets`` Sans-I/O ``ServerProtocol.accept``: key, version, permessage-deflate
-parameters (RFC 7692 section 7.1) and subprotocol. A refusal goes back through aiohttp
-as an ordinary HTTP response. An acceptance is written straight to the transport, and
-the transport is detached from aiohttp: aiohttp is told the connection is gone
-(``connection_lost``, which unregisters it and stops its timers without closing the
-socket) and the transport's protocol becomes a
+parameters (RFC 7692 section 7.1) and subprotocol (section 4.2.2: the endpoint's first
+subprotocol that the client offered, or none; never a refusal). A refusal goes back
+through aiohttp as an ordinary HTTP response; one for an unsupported version says which
+version the server speaks (section 4.4). An acceptance is written straight to the
+transport, and the transport is detached from aiohttp: aiohttp is told the connection
+is gone (``connection_lost``, which unregisters it and stops its timers without closing
+the socket) and the transport's protocol becomes a
 :class:`~sockway.edge.websocket.WebSocketConnection`. From then on no aiohttp object,
 request, task or buffer is held for the connection.
 """
@@ -15,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from aiohttp import web
 from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHeader
 from websockets.extensions.permessage_deflate import (
     PerMessageDeflate,
     ServerPerMessageDeflateFactory,
@@ -31,6 +35,38 @@ __all__ = ["Detached", "accept_websocket", "detach"]
 # websockets logs every open and close at INFO; a gateway has too many for that.
 _protocol_log = logging.getLogger("sockway.ws.protocol")
 _protocol_log.setLevel(logging.WARNING)
+
+
+def select_subprotocol(protocol: ServerProtocol, offered: Sequence[str]) -> str | None:
+    """RFC 6455 section 4.2.2 /subprotocol/: the first of the endpoint's subprotocols
+    (its list is in order of preference) that the client offered. Nothing in common,
+    or nothing offered, is not an error: the connection opens without a subprotocol
+    and the response has no Sec-WebSocket-Protocol header, and the client decides."""
+    for subprotocol in protocol.available_subprotocols or ():
+        if subprotocol in offered:
+            return subprotocol
+    return None
+
+
+def refusal_response(handshake: ServerProtocol, status: int, body: bytes,
+                     headers: Headers) -> web.Response:
+    """The HTTP error for a refused handshake. A missing or unsupported
+    Sec-WebSocket-Version gets a Sec-WebSocket-Version header naming the version this
+    server speaks (section 4.4), with 426 Upgrade Required when a version was given."""
+    exc = handshake.handshake_exc
+    version = isinstance(exc, InvalidHeader) and exc.name == "Sec-WebSocket-Version"
+    if version and exc.value is not None:  # type: ignore[union-attr]
+        status = 426
+    refusal = web.Response(status=status, body=body, content_type="text/plain", charset="utf-8")
+    for name in ("Allow", "Upgrade"):
+        if name in headers:
+            refusal.headers[name] = headers[name]
+    if version:
+        refusal.headers["Sec-WebSocket-Version"] = "13"
+        if status == 426:  # RFC 9110 section 15.5.22: a 426 names the protocol to use
+            refusal.headers["Upgrade"] = "websocket"
+            refusal.headers["Connection"] = "Upgrade"
+    return refusal
 
 
 class Detached(web.StreamResponse):
@@ -90,6 +126,7 @@ def accept_websocket(
     handshake = ServerProtocol(
         extensions=extensions,
         subprotocols=subprotocols or None,
+        select_subprotocol=select_subprotocol,
         max_size=max_size,
         logger=_protocol_log,
     )
@@ -100,16 +137,8 @@ def accept_websocket(
     ws_request = Request(request.raw_path, headers, method=request.method, protocol=version)
     response = handshake.accept(ws_request)
     if response.status_code != 101:
-        refusal = web.Response(
-            status=response.status_code,
-            body=response.body,
-            content_type="text/plain",
-            charset="utf-8",
-        )
-        for name in ("Allow", "Upgrade"):
-            if name in response.headers:
-                refusal.headers[name] = response.headers[name]
-        return None, b"", 0, refusal
+        return None, b"", 0, refusal_response(handshake, response.status_code, response.body,
+                                               response.headers)
     wbits = 0
     for extension in handshake.extensions:
         if isinstance(extension, PerMessageDeflate):

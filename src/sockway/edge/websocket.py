@@ -7,12 +7,20 @@ unmasking, permessage-deflate decoding with the message size cap (RFC 7692 secti
 decompression bombs end in close 1009), ping/pong and the closing handshake (section
 7). What it does not do, and this module does:
 
-* reassembling fragmented messages and validating UTF-8 (section 8.1, close 1007);
+* reassembling fragmented messages and validating UTF-8 (section 8.1, close 1007),
+  incrementally: a fragmented text message fails as soon as its bytes cannot be UTF-8;
 * writing data frames: they arrive here already encoded once for all recipients
   (:class:`~sockway.hub.message.OutMessage`) and are written in one coalesced write per
   event loop iteration (:mod:`sockway.hub.coalesce`);
-* bounding what waits for a client that does not read (close 4008, then abort);
-* keepalive pings, driven by the endpoint's periodic sweep.
+* bounding what waits for a client that does not read (close 4008, then abort): data,
+  and the pongs the protocol answers pings with;
+* keepalive pings (section 5.5.2), driven by the endpoint's periodic sweep; a client
+  that does not answer in time is failed with 1011.
+
+Memory per connection for a client that stops reading: at most ``max_buffer`` plus
+one message (the check is made before a message is queued, so a single message larger
+than ``max_buffer`` still reaches a client that keeps up), plus the kernel's socket
+buffer.
 
 A connection is a plain ``asyncio.Protocol`` with ``__slots__``: no task, no future and
 no buffered request per connection, which is what keeps an idle connection at a few KiB.
@@ -21,6 +29,7 @@ no buffered request per connection, which is what keeps an idle connection at a 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import logging
 import os
 from typing import TYPE_CHECKING, ClassVar
@@ -51,6 +60,19 @@ _PONG = Opcode.PONG
 _CLOSE = Opcode.CLOSE
 _OPEN = State.OPEN
 _CLOSED = State.CLOSED
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
+_MAX_REASON = 123  # a close frame's payload is at most 125 bytes (section 5.5)
+
+
+def close_args(code: int, reason: str) -> tuple[int, str]:
+    """A code and reason that may go in a close frame (sections 5.5 and 7.4): codes a
+    server may not send become 1000 (see :func:`~sockway.closecodes.websocket_code`),
+    and the reason is cut to 123 bytes of UTF-8 on a character boundary."""
+    code = closecodes.websocket_code(code)
+    data = reason.encode("utf-8", "replace")
+    if len(data) > _MAX_REASON:
+        reason = data[:_MAX_REASON].decode("utf-8", "ignore")
+    return code, reason
 
 
 class WebSocketConnection(Connection, asyncio.Protocol):
@@ -58,10 +80,11 @@ class WebSocketConnection(Connection, asyncio.Protocol):
 
     __slots__ = (
         "_abort_handle",
+        "_backlog",
         "_closing",
         "_coalescer",
+        "_decoder",
         "_fragments",
-        "_fragments_text",
         "_lost",
         "_max_buffer",
         "_pending",
@@ -94,8 +117,9 @@ class WebSocketConnection(Connection, asyncio.Protocol):
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._max_buffer = max_buffer
-        self._fragments: list[bytes] | None = None
-        self._fragments_text = False
+        self._backlog = 0  # the transport's write buffer size after the last write
+        self._fragments: list | None = None  # str parts (text) or bytes parts (binary)
+        self._decoder: codecs.IncrementalDecoder | None = None  # for a fragmented text
         self._closing = False
         self._lost = False
         self._abort_handle: asyncio.TimerHandle | None = None
@@ -136,26 +160,37 @@ class WebSocketConnection(Connection, asyncio.Protocol):
                         self._dispatch(text)
                     else:
                         self._dispatch(bytes(event.data))
+                elif opcode is _TEXT:
+                    # Section 8.1: decode as the fragments come, so that invalid UTF-8
+                    # fails the connection at once rather than at the last fragment.
+                    decoder = _utf8_decoder()
+                    try:
+                        first = decoder.decode(event.data)
+                    except UnicodeDecodeError:
+                        self._fail(closecodes.INVALID_DATA, "invalid UTF-8")
+                        break
+                    self._decoder = decoder
+                    self._fragments = [first]
                 else:
+                    self._decoder = None
                     self._fragments = [event.data]
-                    self._fragments_text = opcode is _TEXT
             elif opcode is _CONT:
                 fragments = self._fragments
                 if fragments is None:  # the protocol already failed the connection
                     continue
-                fragments.append(event.data)
+                decoder = self._decoder
+                if decoder is not None:
+                    try:
+                        fragments.append(decoder.decode(event.data, event.fin))
+                    except UnicodeDecodeError:
+                        self._fragments = self._decoder = None
+                        self._fail(closecodes.INVALID_DATA, "invalid UTF-8")
+                        break
+                else:
+                    fragments.append(event.data)
                 if event.fin:
-                    self._fragments = None
-                    data_ = b"".join(fragments)
-                    if self._fragments_text:
-                        try:
-                            text = data_.decode()
-                        except UnicodeDecodeError as exc:
-                            self._fail(closecodes.INVALID_DATA, f"invalid UTF-8 at {exc.start}")
-                            break
-                        self._dispatch(text)
-                    else:
-                        self._dispatch(data_)
+                    self._fragments = self._decoder = None
+                    self._dispatch("".join(fragments) if decoder is not None else b"".join(fragments))
             elif opcode is _PONG:
                 self._ping_sent = None
             elif opcode is _CLOSE:
@@ -199,15 +234,21 @@ class WebSocketConnection(Connection, asyncio.Protocol):
 
     # -- writing ----------------------------------------------------------------------
 
-    def _queue(self, data: bytes) -> None:
-        """Queue bytes for the next coalesced write, enforcing the buffer bound."""
+    def _queue(self, data: bytes, size: int) -> None:
+        """Queue bytes for the next coalesced write. A client for which more than
+        ``max_buffer`` bytes already wait when a new message comes (queued here or
+        unsent in the transport) is a slow consumer."""
+        if self._pending_bytes + self._backlog > self._max_buffer:
+            # What the transport held after the last write may have drained since.
+            self._backlog = self._transport.get_write_buffer_size()
+            if self._pending_bytes + self._backlog > self._max_buffer:
+                self._slow_consumer()
+                return
         pending = self._pending
         if not pending:
             self._coalescer.mark(self)
         pending.append(data)
-        self._pending_bytes += len(data)
-        if self._pending_bytes > self._max_buffer:
-            self._slow_consumer()
+        self._pending_bytes += size
 
     def flush(self, cache: dict) -> None:
         pending = self._pending
@@ -219,21 +260,26 @@ class WebSocketConnection(Connection, asyncio.Protocol):
             return
         transport = self._transport
         transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
-        if transport.get_write_buffer_size() > self._max_buffer:
-            self._slow_consumer()
+        self._backlog = transport.get_write_buffer_size()
 
     def _write_protocol_output(self) -> None:
-        """Write what the protocol produced (pong, close) after our queued data."""
+        """Write what the protocol produced (pong, close) after our queued data.
+
+        Pongs are bounded like data: a client that sends pings without reading the
+        answers is a slow consumer once more than ``max_buffer`` bytes wait for it."""
+        transport = self._transport
+        if not self._closing and transport.get_write_buffer_size() > self._max_buffer:
+            self._slow_consumer()  # writes the protocol's output with the close frame
         for data in self._ws.data_to_send():
             if data:
                 if self._pending:
                     self._flush_pending_now()
-                self._transport.write(data)
+                transport.write(data)
             else:  # SEND_EOF: the closing handshake is complete (server side)
                 self._closing = True
-                self._transport.close()
-        if self._ws.state is _CLOSED and not self._transport.is_closing():
-            self._transport.close()
+                transport.close()
+        if self._ws.state is _CLOSED and not transport.is_closing():
+            transport.close()
 
     def _flush_pending_now(self) -> None:
         pending = self._pending
@@ -241,6 +287,7 @@ class WebSocketConnection(Connection, asyncio.Protocol):
         self._pending_bytes = 0
         if not self._closing:
             self._transport.write(b"".join(pending))
+            self._backlog = self._transport.get_write_buffer_size()
 
     # -- closing ------------------------------------------------------------------------
 
@@ -256,7 +303,7 @@ class WebSocketConnection(Connection, asyncio.Protocol):
         self.close_code, self.close_reason = code, reason
         ws = self._ws
         if ws.state is _OPEN:
-            ws.send_close(code, reason)
+            ws.send_close(*close_args(code, reason))
             self._write_protocol_output()
         self._schedule_abort(self.endpoint.config.close_timeout)
 
@@ -269,8 +316,8 @@ class WebSocketConnection(Connection, asyncio.Protocol):
 
     def _slow_consumer(self) -> None:
         """The client does not read: drop what is queued, send the close frame behind
-        what the kernel already holds, and abort shortly after. Memory stays bounded by
-        ``max_buffer`` plus the kernel's socket buffer."""
+        what the transport already holds, and abort shortly after. Memory stays bounded
+        by ``max_buffer`` plus one message, plus the kernel's socket buffer."""
         if self._closing:
             return
         self._pending = []
@@ -301,9 +348,9 @@ class WebSocketConnection(Connection, asyncio.Protocol):
             return
         if self._ping_sent is not None:
             if now - self._ping_sent > timeout:
-                self.close_code, self.close_reason = closecodes.INTERNAL_ERROR, "keepalive ping timeout"
-                self._closing = True
-                self._transport.abort()
+                # Like websockets' own keepalive: fail with 1011 (a client that is
+                # alive but stuck learns why); the abort follows if it never reads.
+                self._fail(closecodes.INTERNAL_ERROR, "keepalive ping timeout")
             return
         if now - self.last_recv >= interval:
             self._ping_sent = now
@@ -324,7 +371,7 @@ class RawWebSocket(WebSocketConnection):
 
     def push(self, encoded: bytes) -> None:
         if not self._closing:
-            self._queue(encoded)
+            self._queue(encoded, len(encoded))
 
     def _dispatch(self, data: str | bytes) -> None:
         self.endpoint.received(self, data)
@@ -356,7 +403,7 @@ class SockJSWebSocket(WebSocketConnection):
 
     def push(self, encoded: bytes) -> None:
         if not self._closing:
-            self._queue(encoded)
+            self._queue(encoded, len(encoded) + 1)
 
     def flush(self, cache: dict) -> None:
         pending = self._pending
@@ -372,8 +419,7 @@ class SockJSWebSocket(WebSocketConnection):
             data = cache[key] = self._frame(messages_frame(pending))
         transport = self._transport
         transport.write(data)
-        if transport.get_write_buffer_size() > self._max_buffer:
-            self._slow_consumer()
+        self._backlog = transport.get_write_buffer_size()
 
     def _frame(self, sockjs_frame: bytes) -> bytes:
         wbits = self.wbits
@@ -388,15 +434,7 @@ class SockJSWebSocket(WebSocketConnection):
         self._pending_bytes = 0
         if not self._closing:
             self._transport.write(self._frame(messages_frame(pending)))
-
-    def _queue(self, data: bytes) -> None:
-        pending = self._pending
-        if not pending:
-            self._coalescer.mark(self)
-        pending.append(data)
-        self._pending_bytes += len(data) + 1
-        if self._pending_bytes > self._max_buffer:
-            self._slow_consumer()
+            self._backlog = self._transport.get_write_buffer_size()
 
     def _dispatch(self, data: str | bytes) -> None:
         if isinstance(data, bytes):
