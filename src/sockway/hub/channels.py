@@ -52,11 +52,17 @@ def publication_message(pub: Publication, fmt: int) -> OutMessage:
     message = pub.cache.get(fmt)
     if message is None:
         if fmt == ENVELOPE:
-            text = dumps_str({"type": "message", "channel": pub.channel, "offset": pub.offset,
-                              "epoch": pub.epoch, "data": pub.data})
+            message = OutMessage(dumps_str({"type": "message", "channel": pub.channel,
+                                            "offset": pub.offset, "epoch": pub.epoch,
+                                            "data": pub.data}))
+        elif isinstance(pub.data, (bytes, bytearray)):
+            # A binary message (a raw WebSocket client's, in broadcast mode) stays
+            # binary: raw WebSocket recipients get a binary frame (RFC 6455 section
+            # 5.6), SockJS ones its text (see OutMessage.quoted).
+            message = OutMessage(bytes(pub.data))
         else:
-            text = data_text(pub.data)
-        message = pub.cache[fmt] = OutMessage(text)
+            message = OutMessage(data_text(pub.data))
+        pub.cache[fmt] = message
     return message
 
 
