@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from sockway import closecodes
 from sockway.auth import AuthError, claim_allows
-from sockway.bridge.commands import CommandError, parse_position
+from sockway.bridge.commands import CommandError, json_size, parse_position
 from sockway.hub.channels import ENVELOPE, SubscribeResult, valid_channel
 from sockway.hub.message import OutMessage
 from sockway.hub.modes import Mode, register_mode
@@ -109,6 +109,8 @@ class ChannelsMode(Mode):
                 cmd = loads(data)
             except (ValueError, UnicodeDecodeError):
                 raise CommandError("bad_request", "a command is a JSON object") from None
+            except RecursionError:  # nested past the parser's limit
+                raise CommandError("bad_request", "the command is nested too deeply") from None
             if not isinstance(cmd, dict):
                 raise CommandError("bad_request", "a command is a JSON object with an 'op' field")
             request_id = cmd.get("id")
@@ -213,7 +215,8 @@ class ChannelsMode(Mode):
             raise CommandError("bad_request", "'data' is required")
         data = cmd["data"]
         ns = self.hub.config.namespace(channel)
-        size = len(dumps(data))
+        # Bytes of JSON; values nested too deeply to be encoded back are refused.
+        size = len(dumps(data)) if isinstance(data, str) else json_size(data)
         if size > ns.max_data_size:
             raise CommandError("too_large", f"'data' is {size} bytes; the limit is {ns.max_data_size}")
 
@@ -270,6 +273,7 @@ class ChannelsMode(Mode):
     def _op_message(self, conn: Connection, cmd: dict, request_id: Any) -> None:
         if "data" not in cmd:
             raise CommandError("bad_request", "'data' is required")
+        json_size(cmd["data"])  # refuses what could not be encoded into the event
         event = self.hub.events.emit(conn, "message", data=cmd["data"], user=conn.user)
         if event is None:
             raise CommandError("not_enabled", "no application is listening on this gateway")
