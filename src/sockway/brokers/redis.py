@@ -394,15 +394,19 @@ class RedisBroker(Broker):
                 "channels": len(self._interest), "command_reader": self._cmd_reader,
                 **{k: v for k, v in self.stats.items()}}
 
-    async def _eval(self, script: _Script, keys: list, args: list, client: Any = None) -> Any:
-        client = client or self.redis
-        try:
+    async def _eval(self, script: _Script, keys: list, args: list, retry: bool = False) -> Any:
+        """Run a script. ``retry``: once more on a connection error (only for scripts
+        that may safely run twice: reads, the lease)."""
+        for attempt in (1, 2):
             try:
-                return await client.evalsha(script.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                return await client.eval(script.source, len(keys), *keys, *args)
-        except NETWORK_ERRORS as exc:
-            raise _unavailable(exc) from None
+                try:
+                    return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+                except NoScriptError:
+                    return await self.redis.eval(script.source, len(keys), *keys, *args)
+            except NETWORK_ERRORS as exc:
+                if not retry or attempt == 2:
+                    raise _unavailable(exc) from None
+        raise AssertionError("unreachable")
 
     # -- the pub/sub connection ------------------------------------------------------------
 
@@ -497,6 +501,11 @@ class RedisBroker(Broker):
                 if not self._connected:
                     self.stats["connects"] += 1
                     log.info("connected to Redis at %s (node %s)", self._where(), self.node_id)
+                    if self._connected_once.is_set():
+                        # Connections pooled before the loss may be dead: drop them all, so
+                        # that no command fails on one now that Redis is back.
+                        for client in (self.redis, self._blocking):
+                            _spawn(client.connection_pool.disconnect())
                 self._connected = True
                 self._connected_once.set()
                 return True
@@ -560,13 +569,23 @@ class RedisBroker(Broker):
 
         async def run() -> None:
             missed: list[Publication] = []
-            try:
-                _offset, epoch, entries = await self._read(channel, "after", f"{since[0] + 1}-0")
-                if epoch == since[1]:
+            for delay in (0.1, 0.5, 1.0, None):
+                try:
+                    _offset, epoch, entries = await self._read(channel, "after", f"{since[0] + 1}-0")
+                    if epoch != since[1]:
+                        # The channel's state was lost and started again (a Redis restart
+                        # without persistence): what its new epoch holds is what was missed.
+                        _offset, epoch, entries = await self._read(channel, "all", "")
                     missed = [decode_publication(channel, fields[1]) for _id, fields in entries]
-            except Exception as exc:
-                log.warning("could not fill the gap of channel %s: %s", channel, exc)
+                    break
+                except Exception as exc:
+                    if delay is None or channel not in self._catching:
+                        log.warning("could not fill the gap of channel %s: %s", channel, exc)
+                        break
+                    await asyncio.sleep(delay)
             live = self._catching.pop(channel, [])
+            log.info("channel %s: %d publication(s) missed after offset %d (epoch %s) filled "
+                     "from history, %d live", channel, len(missed), since[0], since[1], len(live))
             for pub in missed + sorted(live, key=lambda p: p.offset):
                 self._deliver(pub, detect_gaps=False)
 
@@ -611,7 +630,7 @@ class RedisBroker(Broker):
             except TimeoutError:
                 raise BrokerUnavailable("Redis did not confirm a subscription in time") from None
         offset, epoch, entries = await self._eval(
-            _SCRIPTS["history"], self._keys(channel), [new_epoch(), mode, arg, self.meta_ttl_ms])
+            _SCRIPTS["history"], self._keys(channel), [new_epoch(), mode, arg, self.meta_ttl_ms], retry=True)
         return int(offset), _text(epoch), entries
 
     def history(self, channel: str, policy: HistoryPolicy, since: StreamPosition | None = None,
@@ -745,7 +764,8 @@ class RedisBroker(Broker):
 
     def presence(self, channel: str) -> Awaitable[dict[str, dict]]:
         async def run() -> dict[str, dict]:
-            flat = await self._eval(_SCRIPTS["sweep"], self._pkeys(channel), [self._chan(channel), "get"])
+            flat = await self._eval(_SCRIPTS["sweep"], self._pkeys(channel), [self._chan(channel), "get"],
+                                    retry=True)
             return {_text(flat[i]): decode_json(flat[i + 1]) for i in range(0, len(flat), 2)}
 
         return run()
@@ -833,7 +853,8 @@ class RedisBroker(Broker):
         while True:
             await asyncio.sleep(1.0 if self._cmd_reader else 0.5)
             try:
-                holder = await self._eval(_SCRIPTS["lease"], [self._lease_key], [self.node_id, LEASE_MS])
+                holder = await self._eval(_SCRIPTS["lease"], [self._lease_key], [self.node_id, LEASE_MS],
+                                          retry=True)
             except Exception:
                 holder = 0
             reader = bool(holder)
