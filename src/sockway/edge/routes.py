@@ -245,8 +245,8 @@ class EndpointRoutes:
         limit = self.config.max_message_size
         if request.content_length is not None and request.content_length > limit * 2 + 64:
             return h.text_response(413, f"Payload over the {limit} byte limit.\n")
-        body = await request.content.read(limit * 2 + 65)
-        if len(body) > limit * 2 + 64:
+        body = await _read_body(request, limit * 2 + 64)
+        if body is None:
             return h.text_response(413, f"Payload over the {limit} byte limit.\n")
         if transport == "jsonp_send" and request.content_type == "application/x-www-form-urlencoded":
             form = await _parse_form(body)
@@ -337,6 +337,25 @@ class EndpointRoutes:
             keepalive = getattr(conn, "keepalive", None)
             if keepalive is not None:
                 keepalive(now, interval, timeout)
+
+
+async def _read_body(request: web.BaseRequest, limit: int) -> bytes | None:
+    """The whole request body, or None if it is longer than ``limit`` bytes.
+
+    ``StreamReader.read(n)`` returns what has arrived so far, up to n bytes: a body that
+    comes in several TCP segments (a slow uplink, a large message) takes several reads,
+    or it would be cut short and fail as "Broken JSON encoding."."""
+    content = request.content
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await content.read(limit + 1 - size)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
 
 
 async def _parse_form(body: bytes) -> dict[str, str]:
