@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import time
 import urllib.error
 import urllib.request
@@ -33,6 +34,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = ["Client", "GatewayError", "Worker", "ZmqPublisher"]
+
+log = logging.getLogger("sockway.app")
 
 
 class GatewayError(Exception):
@@ -193,7 +196,9 @@ class Worker:
     """Consume application events from the gateway's PUSH socket, in a plain loop.
 
     Handlers are called with the event and the :class:`Client` to answer with.
-    Duplicate event ids (a redelivery) are skipped.
+    Duplicate event ids (a redelivery) are skipped. A handler that raises (say, a
+    ``send`` to a client that has left in the meantime: GatewayError 404) is logged and
+    counted in ``failed``; the loop goes on with the next event.
     """
 
     def __init__(self, address: str, client: Client | None = None, *, remember: int = 10_000) -> None:
@@ -208,6 +213,7 @@ class Worker:
         self.socket.connect(address)
         self._seen: dict[str, None] = {}
         self._remember = remember
+        self.failed = 0
 
     def on(self, kind: str) -> Callable[[Handler], Handler]:
         """Register a handler for events of ``kind`` ("open", "message", "close", "*")."""
@@ -241,7 +247,13 @@ class Worker:
         count = 0
         for event in self.events(timeout):
             for handler in self.handlers.get(event.get("type", ""), []) + self.handlers.get("*", []):
-                handler(event, self.client)  # type: ignore[arg-type]
+                try:
+                    handler(event, self.client)  # type: ignore[arg-type]
+                except Exception:
+                    self.failed += 1
+                    log.exception("handler %s failed on %s event %s of connection %s",
+                                  getattr(handler, "__name__", handler), event.get("type"),
+                                  event.get("id"), event.get("conn"))
             count += 1
             if max_events is not None and count >= max_events:
                 break
