@@ -25,7 +25,8 @@ from typing import Any
 from sockway.brokers.base import Publication
 from sockway.jsonutil import dumps, loads
 
-__all__ = ["decode_json", "decode_publication", "publication_body", "token", "untoken", "with_position"]
+__all__ = ["decode_json", "decode_publication", "publication_body", "publication_from", "token", "untoken",
+           "with_position"]
 
 
 def publication_body(data: Any, info: dict | None, when: float) -> bytes:
@@ -55,7 +56,11 @@ def decode_json(raw: bytes | str) -> Any:
 
 
 def decode_publication(channel: str, raw: bytes | str) -> Publication:
-    obj = decode_json(raw)
+    return publication_from(channel, decode_json(raw))
+
+
+def publication_from(channel: str, obj: dict) -> Publication:
+    """The publication a decoded wire object describes."""
     data = base64.b64decode(obj["b"]) if "b" in obj else obj.get("d")
     return Publication(channel, int(obj["o"]), str(obj["e"]), data, obj.get("i"), float(obj.get("t", 0.0)))
 

@@ -1,0 +1,830 @@
+"""The NATS engine: gateway nodes share channels, history and presence through a NATS
+server with JetStream (2.9 or newer; the nats-py client).
+
+Selected with ``[broker] url = "nats://127.0.0.1:4222"``; engine options go in the
+query string (removed before connecting)::
+
+    nats://127.0.0.1:4222?prefix=sockway&presence_ttl=30&meta_ttl=604800&events=on
+
+``prefix`` (``sockway``) starts every subject, and, upper-cased, every stream and
+bucket name; ``presence_ttl`` (30 s) is how long a node's presence entries outlive it;
+``meta_ttl`` (7 days) how long a channel's offset, epoch and history are kept after its
+last publication; ``events`` (off) sends application events to the JetStream stream
+``<PREFIX>_EVENTS`` (subject ``<prefix>.events``), capped at ``events_maxlen``
+(100000) messages; ``commands`` (on) runs commands from the subject
+``<prefix>.commands`` (queue group: one node each).
+
+Subjects and streams, for channel ``ch`` (``t`` = :func:`wire.token` of it, one token):
+
+    <prefix>.c.<t>                 core NATS: live publications, join and leave
+    <prefix>.h.<size>_<ttl ms>.<t> JetStream: the channel's history, in the stream
+                                   <PREFIX>_H_<size>_<ttl ms> (one per history policy)
+    <PREFIX>_PRESENCE              KV bucket, key "<t>.<connection id>", TTL presence_ttl
+    <prefix>.node.<node id>        requests forwarded to a node (request/reply)
+
+What each guarantee rests on:
+
+* **Offsets.** A channel's offset and epoch are those of the last message on its
+  history subject. A publish appends offset + 1 with the header
+  ``Nats-Expected-Last-Subject-Sequence`` set to the stream sequence of that last
+  message: JetStream refuses it (error 10071) if anything else was appended meanwhile,
+  and the node reads the new last message and tries again. So every offset is assigned
+  once, in one atomic step, whichever node publishes. The subject keeps ``size + 1``
+  messages (``max_msgs_per_subject``) so that a channel without history (size 0) still
+  has its last offset and epoch. An empty subject (new, expired after ``meta_ttl`` or the
+  history TTL, or purged) starts a new epoch; history queries on an empty channel store
+  a marker (offset 0, a new epoch) so that the position they return is kept.
+* **Fan-out and order.** After JetStream acknowledges, the node publishes the
+  publication (with its stream sequence) on the channel's core subject. Publishes of one
+  node to one channel are chained (one at a time, in call order). Fan-out messages of
+  different nodes can arrive out of order, and one can be lost (a node dying between
+  acknowledgement and fan-out, a subscriber node disconnected): each node remembers the
+  last offset it delivered per channel, drops duplicates and fills any gap from the
+  history stream (direct get, next message on the subject) before delivering anything
+  newer. After a reconnect it fills each channel's gap the same way.
+* **No gap on subscribe.** The node subscribes, flushes (the server has the subscription
+  once the PONG is back), and only then reads history (:meth:`NatsBroker.history`
+  waits for that).
+* **Presence.** Entries in a KV bucket whose messages expire after ``presence_ttl``;
+  each node re-puts its own every ``presence_ttl / 3``. Join/leave go over the core
+  subject; a node that dies announces nothing, so each node also lists the presence of
+  its channels every ``presence_ttl / 3`` and tells its own subscribers about members
+  that vanished (expired).
+
+History with file storage survives a NATS restart (JetStream keeps it on disk). While
+NATS is away nodes keep their clients, ``ready`` is false, broker operations fail with
+:class:`BrokerUnavailable`, and nats-py reconnects (every 0.5 s) and restores the
+subscriptions; then gaps are filled as above.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import nats
+import nats.errors
+from nats.js import api as js_api
+from nats.js.errors import APIError, NotFoundError
+
+from sockway.brokers.base import (
+    Broker,
+    BrokerUnavailable,
+    HistoryPolicy,
+    HistoryResult,
+    Publication,
+    StreamPosition,
+    new_epoch,
+)
+from sockway.brokers.wire import decode_json, publication_body, publication_from, token, with_position
+from sockway.jsonutil import dumps
+
+if TYPE_CHECKING:
+    from sockway.bridge.events import EventQueue
+
+__all__ = ["NatsBroker", "NatsEventStream"]
+
+log = logging.getLogger("sockway.nats")
+
+OPTIONS = {
+    "prefix": "sockway",
+    "presence_ttl": "30",
+    "meta_ttl": "604800",
+    "events": "",
+    "events_maxlen": "100000",
+    "commands": "on",
+    "connect_timeout": "2",
+    "timeout": "5",
+}
+TRUE = ("1", "on", "true", "yes")
+EXPECTED = "Nats-Expected-Last-Subject-Sequence"
+WRONG_LAST_SEQUENCE = 10071
+HEADS = 10_000
+"""Channels whose last (sequence, offset, epoch) a node remembers for its next publish."""
+
+_Head = tuple[int, int, str]
+"""(stream sequence, offset, epoch) of a channel's last message."""
+
+
+def _unavailable(exc: BaseException) -> BrokerUnavailable:
+    return BrokerUnavailable(f"NATS: {exc}" if str(exc) else f"NATS: {type(exc).__name__}")
+
+
+NETWORK_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
+
+
+class NatsBroker(Broker):
+    name = "nats"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        parts = urlsplit(url)
+        self.options = dict(OPTIONS)
+        rest = []
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key in OPTIONS:
+                self.options[key] = value
+            else:
+                rest.append((key, value))
+        self.url = urlunsplit(parts._replace(query=urlencode(rest)))
+        self.prefix = self.options["prefix"]
+        self.upper = re.sub(r"[^A-Za-z0-9]", "_", self.prefix).upper()
+        self.presence_ttl = float(self.options["presence_ttl"])
+        self.meta_ttl = float(self.options["meta_ttl"])
+        self.timeout = float(self.options["timeout"])
+        self.nc: Any = None
+        self.js: Any = None
+        self.kv: Any = None
+        self._tasks: list[asyncio.Task] = []
+        self._connected_once = asyncio.Event()
+        self._interest: set[str] = set()
+        self._subs: dict[str, Any] = {}
+        self._pending: dict[str, collections.deque[asyncio.Future]] = {}
+        self._sub_ops: asyncio.Queue[tuple[str, str, asyncio.Future | None]] = asyncio.Queue()
+        self._last: dict[str, tuple[int, str, int]] = {}
+        self._catching: dict[str, list[tuple[Publication, int]]] = {}
+        self._chains: dict[str, asyncio.Future] = {}
+        self._heads: collections.OrderedDict[str, _Head] = collections.OrderedDict()
+        self._streams: set[str] = set()
+        self._members: dict[str, dict[str, bytes]] = {}
+        self._known: dict[str, set[str]] = {}
+        self._presence_ops: asyncio.Queue[tuple[str, str, str, bytes]] = asyncio.Queue()
+        self.stats: collections.Counter = collections.Counter()
+
+    # -- names -------------------------------------------------------------------------------
+
+    def _chan(self, channel: str) -> str:
+        return f"{self.prefix}.c.{token(channel)}"
+
+    def _history_names(self, channel: str, policy: HistoryPolicy) -> tuple[str, str]:
+        name = f"{policy.size}_{int(policy.ttl * 1000)}"
+        return f"{self.upper}_H_{name}", f"{self.prefix}.h.{name}.{token(channel)}"
+
+    def _pkey(self, channel: str, conn_id: str) -> str:
+        return f"{token(channel)}.{conn_id}"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect (waiting at most ``connect_timeout`` for the first connection; the node
+        starts anyway, not ready, and keeps trying)."""
+        if not self.node_id:
+            self.node_id = os.urandom(4).hex()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._connect_loop()), loop.create_task(self._sub_writer()),
+                       loop.create_task(self._presence_writer()), loop.create_task(self._presence_loop())]
+        try:
+            await asyncio.wait_for(self._connected_once.wait(), float(self.options["connect_timeout"]) + 1)
+        except TimeoutError:
+            log.warning("NATS at %s is not reachable; starting not ready, retrying", self.url)
+
+    async def _connect_loop(self) -> None:
+        backoff = 0.1
+        while self.nc is None:
+            try:
+                nc = await nats.connect(
+                    self.url, name=f"sockway-{self.node_id}",
+                    connect_timeout=float(self.options["connect_timeout"]),
+                    allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                    ping_interval=5, max_outstanding_pings=2,
+                    disconnected_cb=self._disconnected, reconnected_cb=self._reconnected,
+                    error_cb=self._error)
+            except Exception as exc:
+                log.debug("NATS connect failed: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            self.nc = nc
+            self.js = nc.jetstream(timeout=self.timeout)
+            try:
+                await nc.subscribe(f"{self.prefix}.node.{self.node_id}", cb=self._on_control)
+                if self.options["commands"].lower() in TRUE:
+                    await nc.subscribe(f"{self.prefix}.commands", queue=self.prefix, cb=self._on_command)
+                for channel in list(self._interest):
+                    if channel not in self._subs:
+                        self._queue_sub("subscribe", channel)
+                await nc.flush(timeout=self.timeout)
+            except Exception as exc:
+                log.warning("NATS setup failed: %s", exc)
+            log.info("connected to NATS at %s (node %s)", self.url, self.node_id)
+            self._connected_once.set()
+
+    async def _disconnected(self) -> None:
+        self.stats["disconnects"] += 1
+        log.warning("NATS connection lost; reconnecting")
+
+    async def _reconnected(self) -> None:
+        self.stats["reconnects"] += 1
+        log.info("reconnected to NATS at %s", self.nc.connected_url.netloc if self.nc else "?")
+        self._streams.clear()  # a restarted server may have lost them
+        self.kv = None
+        for channel, last in list(self._last.items()):
+            if channel in self._interest and channel not in self._catching:
+                self._catch_up(channel, last)
+
+    async def _error(self, exc: Exception) -> None:
+        log.debug("NATS: %s", exc)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.drain(), 2)
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+
+    @property
+    def ready(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    def describe(self) -> dict:
+        return {"engine": self.name, "ready": self.ready, "nats": self.url, "node": self.node_id,
+                "channels": len(self._interest), **dict(self.stats)}
+
+    def _check(self) -> None:
+        if not self.ready:
+            raise BrokerUnavailable("not connected to NATS")
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    def interest(self, channel: str, on: bool) -> None:
+        """Subscribes (or not) to the channel's core subject; :meth:`history` waits until
+        the server has the subscription, so nothing here needs awaiting."""
+        if on:
+            if channel not in self._interest:
+                self._interest.add(channel)
+                self._queue_sub("subscribe", channel)
+        elif channel in self._interest:
+            self._interest.discard(channel)
+            self._last.pop(channel, None)
+            self._catching.pop(channel, None)
+            self._known.pop(channel, None)
+            self._queue_sub("unsubscribe", channel)
+
+    def _queue_sub(self, verb: str, channel: str) -> None:
+        future = None
+        if verb == "subscribe":
+            future = asyncio.get_running_loop().create_future()
+            future.add_done_callback(_consume)
+            self._pending.setdefault(channel, collections.deque()).append(future)
+        self._sub_ops.put_nowait((verb, channel, future))
+
+    async def _sub_writer(self) -> None:
+        """Subscribe and unsubscribe in the order asked, then flush (one round trip for a
+        batch) before telling history readers to go ahead."""
+        while True:
+            batch = [await self._sub_ops.get()]
+            while not self._sub_ops.empty():
+                batch.append(self._sub_ops.get_nowait())
+            await self._connected_once.wait()
+            done: list[tuple[str, asyncio.Future]] = []
+            try:
+                for verb, channel, future in batch:
+                    if verb == "subscribe":
+                        if channel not in self._subs and channel in self._interest:
+                            self._subs[channel] = await self.nc.subscribe(
+                                self._chan(channel), cb=self._channel_callback(channel))
+                        if future is not None:
+                            done.append((channel, future))
+                    else:
+                        sub = self._subs.pop(channel, None)
+                        if sub is not None and channel not in self._interest:
+                            await sub.unsubscribe()
+                        elif sub is not None:
+                            self._subs[channel] = sub
+                await self.nc.flush(timeout=self.timeout)
+                error: BaseException | None = None
+            except Exception as exc:
+                error = _unavailable(exc)
+            for channel, future in done:
+                futures = self._pending.get(channel)
+                if futures and future in futures:
+                    futures.remove(future)
+                    if not futures:
+                        del self._pending[channel]
+                if not future.done():
+                    if error is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(error)
+
+    def _channel_callback(self, channel: str):
+        async def callback(msg: Any) -> None:
+            self._on_channel_message(channel, msg.data)
+
+        return callback
+
+    def _on_channel_message(self, channel: str, data: bytes) -> None:
+        tag = data[:1]
+        try:
+            if tag == b"p":
+                obj = decode_json(data[1:])
+                pub = publication_from(channel, obj)
+                seq = int(obj.get("s", 0))
+                buffered = self._catching.get(channel)
+                if buffered is not None:
+                    buffered.append((pub, seq))
+                else:
+                    self._deliver(pub, seq, detect_gaps=True)
+            elif tag in (b"j", b"l"):
+                obj = decode_json(data[1:])
+                conn = obj["c"]
+                known = self._known.setdefault(channel, set())
+                if tag == b"j":
+                    known.add(conn)
+                else:
+                    known.discard(conn)
+                if conn.partition(".")[0] == self.node_id:
+                    return  # announced locally when it happened
+                self.on_presence(channel, conn, (obj.get("i") or {}) if tag == b"j" else None)
+        except Exception:
+            log.exception("bad message on channel %s", channel)
+
+    def _deliver(self, pub: Publication, seq: int, detect_gaps: bool) -> None:
+        channel = pub.channel
+        if channel not in self._interest:
+            return
+        last = self._last.get(channel)
+        if last is not None and last[1] == pub.epoch:
+            if pub.offset <= last[0]:
+                self.stats["duplicates"] += 1
+                return
+            if detect_gaps and pub.offset > last[0] + 1:
+                self.stats["gaps"] += 1
+                self._catch_up(channel, last, [(pub, seq)])
+                return
+        self._last[channel] = (pub.offset, pub.epoch, seq)
+        self.on_publication(pub)
+
+    def _catch_up(self, channel: str, since: tuple[int, str, int],
+                  buffered: list[tuple[Publication, int]] | None = None) -> None:
+        """Deliver what the channel's history subject holds after ``since``, then what
+        arrived live meanwhile (buffered until then), each once."""
+        self._catching[channel] = list(buffered or ())
+        self.stats["catch_ups"] += 1
+
+        async def run() -> None:
+            missed: list[tuple[Publication, int]] = []
+            for delay in (0.2, 0.5, 1.0, None):
+                try:
+                    missed = await self._walk_any(channel, since[2])
+                    break
+                except Exception as exc:
+                    if delay is None or channel not in self._catching:
+                        log.warning("could not fill the gap of channel %s: %s", channel, exc)
+                        break
+                    await asyncio.sleep(delay)
+            live = self._catching.pop(channel, [])
+            log.info("channel %s: %d publication(s) after offset %d read from history, %d live",
+                     channel, len(missed), since[0], len(live))
+            for pub, seq in missed + sorted(live, key=lambda item: item[0].offset):
+                self._deliver(pub, seq, detect_gaps=False)
+
+        _spawn(run())
+
+    async def _walk_any(self, channel: str, after_seq: int) -> list[tuple[Publication, int]]:
+        """The channel's stored publications after stream sequence ``after_seq``, in
+        whichever history stream it has (the node does not know the channel's policy
+        here: it tries the streams it has used)."""
+        self._check()
+        tok = token(channel)
+        out: list[tuple[Publication, int]] = []
+        for stream in list(self._streams) or await self._stream_names():
+            subject = f"{self.prefix}.h.{stream[len(self.upper) + 3:]}.{tok}"
+            out += await self._walk(stream, subject, channel, after_seq)
+        return out
+
+    async def _stream_names(self) -> list[str]:
+        names = []
+        for info in await self.js.streams_info():
+            if info.config.name.startswith(f"{self.upper}_H_"):
+                names.append(info.config.name)
+        return names
+
+    # -- history streams ---------------------------------------------------------------------
+
+    async def _stream(self, channel: str, policy: HistoryPolicy) -> tuple[str, str]:
+        stream, subject = self._history_names(channel, policy)
+        if stream not in self._streams:
+            config = js_api.StreamConfig(
+                name=stream, subjects=[f"{self.prefix}.h.{stream[len(self.upper) + 3:]}.>"],
+                max_msgs_per_subject=policy.size + 1, max_age=policy.ttl or self.meta_ttl,
+                storage=js_api.StorageType.FILE, discard=js_api.DiscardPolicy.OLD, allow_direct=True)
+            try:
+                await self.js.add_stream(config)
+            except APIError as exc:
+                if exc.err_code != 10058:  # "stream name already in use" with another config
+                    raise
+            self._streams.add(stream)
+        return stream, subject
+
+    async def _head(self, stream: str, subject: str) -> _Head | None:
+        try:
+            msg = await self.js.get_msg(stream, subject=subject, direct=True)
+        except NotFoundError:
+            return None
+        obj = decode_json(msg.data)
+        return int(msg.seq), int(obj["o"]), str(obj["e"])
+
+    async def _walk(self, stream: str, subject: str, channel: str, after_seq: int,
+                    until_seq: int | None = None) -> list[tuple[Publication, int]]:
+        """Messages on ``subject`` after ``after_seq`` (markers skipped), one direct get
+        each: at most the subject's ``size + 1`` messages."""
+        out = []
+        seq = after_seq + 1
+        while until_seq is None or seq <= until_seq:
+            try:
+                msg = await self.js.get_msg(stream, seq=seq, subject=subject, next=True, direct=True)
+            except NotFoundError:
+                break
+            if until_seq is not None and msg.seq > until_seq:
+                break
+            obj = decode_json(msg.data)
+            if "m" not in obj:  # not a marker
+                out.append((publication_from(channel, obj), int(msg.seq)))
+            seq = int(msg.seq) + 1
+        return out
+
+    async def _append(self, stream: str, subject: str, head: _Head | None, body: bytes | None,
+                      marker_epoch: str | None = None) -> tuple[_Head, bytes] | None:
+        """Append after ``head`` (None: the subject is empty); None if another writer was
+        first. ``body`` None: a marker (same offset, ``marker_epoch``)."""
+        if body is None:
+            offset = head[1] if head is not None else 0
+            epoch = marker_epoch or new_epoch()
+            message = b'{"o":%d,"e":"%s","m":1}' % (offset, epoch.encode())
+        else:
+            offset = head[1] + 1 if head is not None else 1
+            epoch = head[2] if head is not None else new_epoch()
+            message = with_position(offset, epoch, body)
+        expected = head[0] if head is not None and body is not None else 0
+        try:
+            ack = await self.js.publish(subject, message, stream=stream, headers={EXPECTED: str(expected)})
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                return None
+            raise
+        return (int(ack.seq), offset, epoch), message
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def publish(self, channel: str, data: Any, policy: HistoryPolicy,
+                info: dict | None = None) -> Awaitable[Publication]:
+        now = time.time()
+        body = publication_body(data, info, now)
+        previous = self._chains.get(channel)
+        task = asyncio.get_running_loop().create_task(
+            self._publish(channel, body, policy, previous, data, info, now))
+        task.add_done_callback(_consume)
+        self._chains[channel] = task
+
+        def forget(done: asyncio.Future) -> None:
+            if self._chains.get(channel) is done:
+                del self._chains[channel]
+
+        task.add_done_callback(forget)
+        return task
+
+    async def _publish(self, channel: str, body: bytes, policy: HistoryPolicy,
+                       previous: asyncio.Future | None, data: Any, info: dict | None,
+                       now: float) -> Publication:
+        if previous is not None:
+            await asyncio.wait([previous])  # this node's publishes to a channel, in order
+        self._check()
+        try:
+            stream, subject = await self._stream(channel, policy)
+            head = self._heads.get(channel)
+            known = head is not None
+            for _attempt in range(20):
+                if not known:
+                    head = await self._head(stream, subject)
+                    known = True
+                appended = await self._append(stream, subject, head, body)
+                if appended is None:
+                    self.stats["conflicts"] += 1
+                    known = False
+                    continue
+                head, message = appended
+                self._heads[channel] = head
+                self._heads.move_to_end(channel)
+                if len(self._heads) > HEADS:
+                    self._heads.popitem(last=False)
+                await self.nc.publish(self._chan(channel), b'p{"s":%d,' % head[0] + message[1:])
+                return Publication(channel, head[1], head[2], data, info, now)
+        except (APIError, *NETWORK_ERRORS) as exc:
+            self._heads.pop(channel, None)
+            raise _unavailable(exc) from None
+        raise BrokerUnavailable(f"channel {channel}: too many concurrent publishers")
+
+    async def _position(self, channel: str, policy: HistoryPolicy) -> tuple[str, str, _Head]:
+        """The channel's stream, subject and last message, a marker stored first if empty."""
+        stream, subject = await self._stream(channel, policy)
+        for _attempt in range(10):
+            head = await self._head(stream, subject)
+            if head is not None:
+                return stream, subject, head
+            appended = await self._append(stream, subject, None, None)
+            if appended is not None:
+                return stream, subject, appended[0]
+        raise BrokerUnavailable(f"channel {channel}: could not read its position")
+
+    def history(self, channel: str, policy: HistoryPolicy, since: StreamPosition | None = None,
+                limit: int | None = None) -> Awaitable[HistoryResult]:
+        return self._history(channel, policy, since, limit)
+
+    async def _history(self, channel: str, policy: HistoryPolicy, since: StreamPosition | None,
+                       limit: int | None) -> HistoryResult:
+        pending = self._pending.get(channel)
+        if pending:
+            try:
+                await asyncio.wait_for(asyncio.shield(pending[-1]), self.timeout)
+            except TimeoutError:
+                raise BrokerUnavailable("NATS did not confirm a subscription in time") from None
+        self._check()
+        try:
+            stream, subject, head = await self._position(channel, policy)
+            position = StreamPosition(head[1], head[2])
+            wanted = policy.size and not (since is None and limit == 0) and not (
+                since is not None and (since.epoch != head[2] or since.offset >= head[1]))
+            items = await self._walk(stream, subject, channel, 0, head[0]) if wanted else []
+        except (APIError, *NETWORK_ERRORS) as exc:
+            raise _unavailable(exc) from None
+        pubs = [p for p, _seq in items if p.epoch == head[2]]
+        pubs = pubs[-policy.size:] if policy.size else []
+        if policy.ttl:
+            horizon = time.time() - policy.ttl
+            pubs = [p for p in pubs if p.time >= horizon]
+        if since is None:
+            if limit is not None:
+                pubs = pubs[-limit:] if limit > 0 else []
+            return HistoryResult(pubs, position, True)
+        if since.epoch != head[2] or since.offset > head[1]:
+            return HistoryResult([], position, False)
+        missed = [p for p in pubs if p.offset > since.offset]
+        complete = since.offset >= head[1] or (bool(missed) and missed[0].offset == since.offset + 1)
+        if limit is not None and len(missed) > limit:
+            missed = missed[:limit]
+            complete = False
+        return HistoryResult(missed, position, complete)
+
+    def reset_history(self, channel: str) -> Awaitable[StreamPosition]:
+        async def run() -> StreamPosition:
+            self._check()
+            try:
+                for stream in list(self._streams) or await self._stream_names():
+                    subject = f"{self.prefix}.h.{stream[len(self.upper) + 3:]}.{token(channel)}"
+                    head = await self._head(stream, subject)
+                    if head is None:
+                        continue
+                    await self.js.purge_stream(stream, subject=subject)
+                    appended = await self._append(stream, subject, head, None, new_epoch())
+                    self._heads.pop(channel, None)
+                    if appended is not None:
+                        return StreamPosition(appended[0][1], appended[0][2])
+                return StreamPosition(0, new_epoch())
+            except (APIError, *NETWORK_ERRORS) as exc:
+                raise _unavailable(exc) from None
+
+        return run()
+
+    # -- presence ----------------------------------------------------------------------------
+
+    async def _bucket(self) -> Any:
+        if self.kv is None:
+            self.kv = await self.js.create_key_value(
+                bucket=f"{self.upper}_PRESENCE", ttl=self.presence_ttl, history=1)
+        return self.kv
+
+    def presence_join(self, channel: str, conn_id: str, info: dict) -> None:
+        members = self._members.setdefault(channel, {})
+        new = conn_id not in members
+        members[conn_id] = dumps(info)
+        if new:
+            self.on_presence(channel, conn_id, info)
+            self._known.setdefault(channel, set()).add(conn_id)
+        self._presence_ops.put_nowait(("join" if new else "put", channel, conn_id, members[conn_id]))
+
+    def presence_leave(self, channel: str, conn_id: str) -> None:
+        members = self._members.get(channel)
+        if members is None or members.pop(conn_id, None) is None:
+            return
+        if not members:
+            del self._members[channel]
+        known = self._known.get(channel)
+        if known is not None:
+            known.discard(conn_id)
+        self.on_presence(channel, conn_id, None)
+        self._presence_ops.put_nowait(("leave", channel, conn_id, b""))
+
+    async def _presence_writer(self) -> None:
+        """This node's presence changes, one at a time, in order."""
+        while True:
+            op, channel, conn_id, info = await self._presence_ops.get()
+            await self._connected_once.wait()
+            try:
+                kv = await self._bucket()
+                key = self._pkey(channel, conn_id)
+                conn_json = dumps(conn_id)
+                if op == "leave":
+                    await kv.purge(key)
+                    await self.nc.publish(self._chan(channel), b'l{"c":' + conn_json + b"}")
+                else:
+                    await kv.put(key, info)
+                    if op == "join":
+                        await self.nc.publish(self._chan(channel),
+                                              b'j{"c":' + conn_json + b',"i":' + info + b"}")
+            except Exception as exc:
+                log.warning("presence %s of %s on %s failed: %s", op, conn_id, channel, exc)
+
+    def presence(self, channel: str) -> Awaitable[dict[str, dict]]:
+        return self._presence(channel)
+
+    async def _presence(self, channel: str) -> dict[str, dict]:
+        self._check()
+        try:
+            kv = await self._bucket()
+            prefix = token(channel) + "."
+            watcher = await kv.watch(prefix + ">", ignore_deletes=True)
+            out: dict[str, dict] = {}
+            try:
+                async for entry in watcher:
+                    if entry is None:
+                        break
+                    if entry.value:
+                        out[entry.key[len(prefix):]] = decode_json(entry.value)
+            finally:
+                await watcher.stop()
+            return out
+        except (APIError, *NETWORK_ERRORS) as exc:
+            raise _unavailable(exc) from None
+
+    async def _presence_loop(self) -> None:
+        """Every presence_ttl / 3: re-put this node's members, and tell local subscribers
+        about members of other nodes that expired (their node died)."""
+        while True:
+            await asyncio.sleep(self.presence_ttl / 3)
+            if not self.ready:
+                continue
+            for channel, members in list(self._members.items()):
+                for conn_id, info in list(members.items()):
+                    self._presence_ops.put_nowait(("put", channel, conn_id, info))
+                try:
+                    present = await self._presence(channel)
+                except Exception:
+                    continue
+                known = self._known.setdefault(channel, set())
+                for conn_id in list(known):
+                    if conn_id not in present and conn_id.partition(".")[0] != self.node_id:
+                        known.discard(conn_id)
+                        self.on_presence(channel, conn_id, None)
+                known.update(c for c in present if c.partition(".")[0] != self.node_id)
+
+    # -- forwarding between nodes ------------------------------------------------------------
+
+    def forward(self, node: str, command: dict, timeout: float) -> Awaitable[dict]:
+        return self._forward(node, command, timeout)
+
+    async def _forward(self, node: str, command: dict, timeout: float) -> dict:
+        self._check()
+        try:
+            reply = await self.nc.request(f"{self.prefix}.node.{node}", dumps(command), timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise LookupError(node) from None
+        except nats.errors.TimeoutError:
+            raise TimeoutError(node) from None
+        except NETWORK_ERRORS as exc:
+            raise _unavailable(exc) from None
+        return decode_json(reply.data)
+
+    async def _on_control(self, msg: Any) -> None:
+        async def answer() -> None:
+            try:
+                command = decode_json(msg.data)
+            except ValueError:
+                return
+            result = await self.on_command(command)
+            with contextlib.suppress(Exception):
+                await msg.respond(dumps(result))
+
+        _spawn(answer())
+
+    async def _on_command(self, msg: Any) -> None:
+        """A command (or an array of them) on ``<prefix>.commands``; with a reply subject
+        (``nats request``), the answer (or the array of answers) goes back."""
+        try:
+            value = decode_json(msg.data)
+        except ValueError:
+            log.warning("NATS command input: not JSON: %r", msg.data[:100])
+            return
+        answers = []
+        for cmd in value if isinstance(value, list) else [value]:
+            if isinstance(cmd, dict):
+                cmd.pop("forwarded", None)
+            answer = await self.on_command(cmd)
+            if "error" in answer:
+                log.warning("NATS command refused: %s", answer["error"].get("message"))
+            answers.append(answer)
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(dumps(answers if isinstance(value, list) else answers[0]))
+
+    # -- application events ------------------------------------------------------------------
+
+    def app_bridges(self, hub: Any) -> list:
+        events = self.options["events"]
+        if not events or events.lower() in ("0", "off", "false", "no"):
+            return []
+        return [NatsEventStream(self, hub.events.add_queue("nats"), int(self.options["events_maxlen"]))]
+
+
+class NatsEventStream:
+    """Application events into the JetStream stream ``<PREFIX>_EVENTS`` (subject
+    ``<prefix>.events``), read by workers through a durable pull consumer
+    (sockway.app_nats.NatsWorker).
+
+    At least once: an event leaves the output's queue when JetStream has acknowledged
+    it; when that fails, it goes back to the front and is sent again after a backoff
+    (0.1 s doubling to 5 s) — possibly twice (a lost acknowledgement; workers drop
+    duplicates by event id). The stream keeps at most ``maxlen`` events (the oldest
+    are dropped) and is kept on disk."""
+
+    def __init__(self, broker: NatsBroker, queue: EventQueue, maxlen: int) -> None:
+        self.broker = broker
+        self.queue = queue
+        self.maxlen = maxlen
+        self.stream = f"{broker.upper}_EVENTS"
+        self.subject = f"{broker.prefix}.events"
+        self.task: asyncio.Task | None = None
+        self.failures = 0
+
+    async def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+        log.info("application events go to the JetStream stream %s", self.stream)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def _ensure(self) -> None:
+        config = js_api.StreamConfig(name=self.stream, subjects=[self.subject], max_msgs=self.maxlen,
+                                     storage=js_api.StorageType.FILE, discard=js_api.DiscardPolicy.OLD)
+        try:
+            await self.broker.js.add_stream(config)
+        except APIError as exc:
+            if exc.err_code != 10058:
+                raise
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        ensured = False
+        while True:
+            await self.queue.wait()
+            batch = self.queue.take(100)
+            sent = 0
+            try:
+                await self.broker._connected_once.wait()
+                if not ensured:
+                    await self._ensure()
+                    ensured = True
+                for _event, data in batch:
+                    await self.broker.js.publish(self.subject, data, stream=self.stream)
+                    sent += 1
+            except (APIError, *NETWORK_ERRORS) as exc:
+                self.failures += 1
+                self.queue.requeue_front(batch[sent:])
+                self.queue.sent += sent
+                ensured = False
+                log.warning("events to NATS failed (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            self.queue.sent += sent
+
+
+def _consume(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+_tasks: set[asyncio.Task] = set()
+
+
+def _spawn(coro: Any) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)

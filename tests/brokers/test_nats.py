@@ -1,0 +1,236 @@
+"""The NATS engine: NATS killed and restarted during traffic (JetStream keeps history
+on disk), application events with a durable consumer surviving a worker's death,
+commands over NATS request/reply (a queue group: each runs once), and the engine's
+history semantics checked against the memory engine's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from cluster import Client, NatsServer, api_ok, nodes, start_node, stop_node, wait_status
+from realtime_run import run
+from test_redis import Publisher, received_until
+
+from support import ROOT
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def unique(name: str) -> str:
+    return f"{name}-{os.urandom(3).hex()}"
+
+
+@pytest.fixture
+def own_nats():
+    server = NatsServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def nats_nodes(nats_server):
+    with nodes(nats_server.url, 3) as gws:
+        yield gws
+
+
+@run(100)
+async def test_nats_restart_during_traffic(own_nats):
+    """Killed NATS: /readyz 503 on every node, publishes answer 503 ``unavailable``,
+    clients stay connected. Restarted on the same store: /readyz 200, the channel keeps
+    its epoch and history (JetStream file storage), and the subscriber gets every
+    acknowledged publication in order, once, the gap filled from the stream."""
+    channel = unique("ticker")
+    with nodes(own_nats.url, 2) as (a, b):
+        sub = await Client.connect(a)
+        first = await sub.ok("subscribe", channel=channel)
+        publisher = Publisher(b, channel).start()
+        await asyncio.sleep(0.3)
+        own_nats.kill()
+        await asyncio.to_thread(wait_status, a, 503, 10)
+        await asyncio.to_thread(wait_status, b, 503, 10)
+        await asyncio.sleep(0.3)
+        assert publisher.failed and publisher.codes == {"unavailable"}
+        assert (await sub.ok("ping"))["pong"] is True
+        own_nats.start()
+        await asyncio.to_thread(wait_status, a, 200, 15)
+        await asyncio.to_thread(wait_status, b, 200, 15)
+        count = len(publisher.ok)
+        deadline = time.monotonic() + 15
+        while len(publisher.ok) < count + 10 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await publisher.stop()
+        assert len(publisher.ok) >= count + 10
+        got = await received_until(sub, publisher.ok[-1])
+        assert got == sorted(set(got)), "out of order or duplicated"
+        assert set(publisher.ok) <= set(got), set(publisher.ok) - set(got)
+        assert set(got) <= set(publisher.ok) | set(publisher.failed)
+        history = await api_ok(b, "history", channel=channel, limit=1)
+        assert history["epoch"] == first["epoch"]
+        other = await Client.connect(b)
+        result = await other.ok("subscribe", channel=channel, since={"offset": 1, "epoch": first["epoch"]})
+        assert result["recovered"] is True
+        for client in (sub, other):
+            await client.close()
+
+
+WORKER_SCRIPT = """
+import sys, time
+from sockway.app_nats import NatsWorker
+worker = NatsWorker(sys.argv[1], prefix=sys.argv[2], ack_wait=1.0, batch=1)
+@worker.on("*")
+def hang(event, reply):
+    print("got", event["id"], flush=True)
+    time.sleep(120)   # killed while handling it
+print("ready", flush=True)
+worker.run(timeout=60)
+"""
+
+
+@run(90)
+async def test_events_redelivered_after_a_worker_dies(nats_server):
+    """A worker takes an event from the durable consumer and is killed before
+    acknowledging it: JetStream gives it to another worker after ack_wait, and every
+    event is handled once."""
+    from sockway.app_nats import NatsWorker
+
+    prefix = unique("ev").replace("-", "")
+    gw = start_node(f"{nats_server.url}?events=on&prefix={prefix}")
+    doomed = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, nats_server.url, prefix],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert (await asyncio.to_thread(doomed.stdout.readline)).startswith("ready")
+        client = await Client.connect(gw)
+        conn = client.conn
+        for i in range(3):
+            await client.ok("message", data=f"m{i}")
+        await client.close()
+        line = await asyncio.wait_for(asyncio.to_thread(doomed.stdout.readline), 15)
+        assert line.startswith("got"), line
+        doomed.kill()
+        doomed.wait(5)
+
+        handled: list[dict] = []
+        rescuer = NatsWorker(nats_server.url, prefix=prefix, ack_wait=1.0)
+
+        @rescuer.on("*")
+        def collect(event, reply):
+            handled.append(event)
+
+        def until_all() -> None:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and len([e for e in handled if e.get("conn") == conn]) < 5:
+                rescuer.run(timeout=0.5)
+            rescuer.run(timeout=1.5)  # anything more would be a duplicate
+
+        await asyncio.to_thread(until_all)
+        mine = sorted((e for e in handled if e.get("conn") == conn), key=lambda e: e["seq"])
+        assert [e["type"] for e in mine] == ["open", "message", "message", "message", "close"]
+        assert [e["seq"] for e in mine] == [1, 2, 3, 4, 5]
+        assert rescuer.redelivered >= 1
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+            doomed.wait(5)
+        stop_node(gw)
+
+
+@run(60)
+async def test_commands_over_nats(nats_server, nats_nodes):
+    """Requests on sockway.commands: one node (queue group) runs each and answers;
+    a command for a connection on another node is forwarded there."""
+    import nats as nats_client
+
+    from sockway.app import GatewayError
+    from sockway.app_nats import NatsCommands
+
+    a, b, _c = nats_nodes
+    channel = unique("cmd")
+    subs = [await Client.connect(a), await Client.connect(b)]
+    for s in subs:
+        await s.ok("subscribe", channel=channel)
+    nc = await nats_client.connect(nats_server.url)
+    reply = await nc.request("sockway.commands", json.dumps(
+        {"op": "publish", "channel": channel, "data": "via request"}).encode(), timeout=5)
+    assert json.loads(reply.data)["result"]["offset"] == 1
+    await nc.publish("sockway.commands", json.dumps(
+        {"op": "publish", "channel": channel, "data": "fire and forget"}).encode())
+    await nc.flush()
+    for s in subs:
+        assert [m["data"] for m in await s.messages(2)] == ["via request", "fire and forget"]
+        assert await s.quiet(0.3) == []
+    await nc.close()
+    commands = NatsCommands(nats_server.url, timeout=5)
+    try:
+        await asyncio.to_thread(commands.send, subs[1].conn, "direct")
+        assert (await subs[1].next("message"))["data"] == "direct"
+        with pytest.raises(GatewayError) as refused:
+            await asyncio.to_thread(commands.send, "0badc0de.1", "nobody")
+        assert refused.value.code == "not_found"
+    finally:
+        await asyncio.to_thread(commands.close)
+    for s in subs:
+        await s.close()
+
+
+@run(60)
+async def test_history_semantics_match_the_memory_engine(nats_server):
+    from sockway.brokers.base import HistoryPolicy, StreamPosition, resolve
+    from sockway.brokers.memory import MemoryBroker
+    from sockway.brokers.nats import NatsBroker
+
+    memory = MemoryBroker()
+    nats_broker = NatsBroker(nats_server.url + "?commands=off")
+    await nats_broker.start()
+    try:
+        policy = HistoryPolicy(size=5)
+        answers: dict[str, list] = {"memory": [], "nats": []}
+        for name, broker in (("memory", memory), ("nats", nats_broker)):
+            channel = unique("parity")
+            out = answers[name]
+            first = await resolve(broker.history(channel, policy))
+            epoch = first.position.epoch
+            out.append(first.position.offset)
+            for i in range(8):
+                pub = await resolve(broker.publish(channel, {"n": i}, policy))
+                out.append((pub.offset, pub.epoch == epoch))
+            for since in range(0, 10):
+                for limit in (None, 0, 2):
+                    r = await resolve(broker.history(channel, policy, StreamPosition(since, epoch), limit))
+                    out.append((since, limit, r.recovered, [p.offset for p in r.publications],
+                                [p.data for p in r.publications], r.position.offset))
+            for limit in (None, 0, 3, 10):
+                r = await resolve(broker.history(channel, policy, None, limit))
+                out.append((limit, [p.offset for p in r.publications]))
+            r = await resolve(broker.history(channel, policy, StreamPosition(3, "other")))
+            out.append(r.recovered)
+            reset = await resolve(broker.reset_history(channel))
+            out.append((reset.offset, reset.epoch != epoch))
+            r = await resolve(broker.history(channel, policy, StreamPosition(8, epoch)))
+            out.append((r.recovered, r.position.offset))
+            pub = await resolve(broker.publish(channel, b"\\x00binary", policy))
+            r = await resolve(broker.history(channel, policy, StreamPosition(8, reset.epoch)))
+            out.append((r.recovered, [p.data for p in r.publications], pub.offset))
+        assert answers["nats"] == answers["memory"]
+    finally:
+        await nats_broker.stop()
+
+
+def test_engines_are_selected_by_url():
+    from sockway.brokers import create_broker
+
+    assert create_broker("memory://").name == "memory"
+    assert create_broker("redis://127.0.0.1:1/0?prefix=x").name == "redis"
+    assert create_broker("nats://127.0.0.1:1").name == "nats"
+    with pytest.raises(ValueError, match="unknown broker"):
+        create_broker("kafka://x")
+
