@@ -27,6 +27,7 @@ TABLES = [
     ("ZmqConfig", "[zeromq]", "SOCKWAY_ZEROMQ_<KEY>"),
     ("WebhookConfig", "[webhook]", "SOCKWAY_WEBHOOK_<KEY>"),
     ("BrokerConfig", "[broker]", "SOCKWAY_BROKER_<KEY>"),
+    ("TunnelConfig", "[[tunnel]]", None),
 ]
 
 HEAD = """# Configuration
@@ -99,7 +100,7 @@ def fields(tree: ast.Module, name: str) -> list[tuple[str, str, str, str]]:
         if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
             continue
         key = node.target.id
-        if key in ("endpoints", "namespaces", "api", "auth", "zeromq", "webhook", "broker"):
+        if key in ("endpoints", "namespaces", "tunnels", "api", "auth", "zeromq", "webhook", "broker"):
             continue
         doc = ""
         nxt = body[i + 1] if i + 1 < len(body) else None

@@ -211,6 +211,25 @@ class WebhookConfig:
 
 
 @dataclass
+class TunnelConfig:
+    """A plain TCP line server bridged both ways to a channel (the talk's "tunnel"
+    demo): every line a TCP client types is published to ``channel``; every
+    publication on ``channel`` is written to every TCP client, one line each."""
+
+    listen: str
+    """host:port to listen on, like "127.0.0.1:7070"."""
+    channel: str = "tunnel"
+    """The channel both sides share."""
+    max_line: int = 4096
+    """Longest accepted line (bytes); a longer one closes that TCP client with a message."""
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"[[tunnel]] listen must be host:port, like \"127.0.0.1:7070\" (got {self.listen!r})")
+
+
+@dataclass
 class BrokerConfig:
     url: str = "memory://"
     """memory:// (embedded, default)."""
@@ -256,6 +275,7 @@ class ServerConfig:
     always kept."""
     endpoints: list[EndpointConfig] = field(default_factory=list)
     namespaces: list[NamespaceConfig] = field(default_factory=list)
+    tunnels: list[TunnelConfig] = field(default_factory=list)
     api: ApiConfig = field(default_factory=ApiConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     zeromq: ZmqConfig = field(default_factory=ZmqConfig)
@@ -329,7 +349,7 @@ def _coerce(name: str, value: Any, typ: Any, where: str) -> Any:
 
 def _build(cls: type, data: dict, where: str) -> Any:
     hints = get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)} - {"namespaces", *SECTIONS}
+    known = {f.name for f in dataclasses.fields(cls)} - {"namespaces", "tunnels", *SECTIONS}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(
@@ -368,6 +388,7 @@ def load_config(
     defaults: dict = {}
     sections: dict[str, dict] = {name: {} for name in SECTIONS}
     namespace_dicts: list[dict] = []
+    tunnel_dicts: list[dict] = []
     base_dir = Path.cwd()
     if path is not None:
         p = Path(path)
@@ -378,15 +399,16 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {p}: {exc}") from None
         base_dir = p.resolve().parent
-        unknown = set(raw) - {"server", "endpoint", "endpoint_defaults", "namespace", *SECTIONS}
+        unknown = set(raw) - {"server", "endpoint", "endpoint_defaults", "namespace", "tunnel", *SECTIONS}
         if unknown:
             raise ConfigError(
                 f"config file {p}: unknown table(s) {', '.join(sorted(unknown))}; expected "
-                "[server], [endpoint_defaults], [[endpoint]], [[namespace]], "
+                "[server], [endpoint_defaults], [[endpoint]], [[namespace]], [[tunnel]], "
                 + ", ".join(f"[{name}]" for name in SECTIONS)
             )
         sections = {name: dict(raw.get(name, {})) for name in SECTIONS}
         namespace_dicts = raw.get("namespace", [])
+        tunnel_dicts = raw.get("tunnel", [])
         data.update(raw.get("server", {}))
         defaults = raw.get("endpoint_defaults", {})
         file_endpoints = raw.get("endpoint", [])
@@ -396,7 +418,8 @@ def load_config(
         for key in ("cert", "key", "static", "sockjs_client"):
             if isinstance(data.get(key), str) and not os.path.isabs(data[key]):
                 data[key] = str(base_dir / data[key])
-    server_fields = {f.name for f in dataclasses.fields(ServerConfig)} - {"endpoints"}
+    server_fields = {f.name for f in dataclasses.fields(ServerConfig)} - {
+        "endpoints", "namespaces", "tunnels", *SECTIONS}
     for key in server_fields:
         name = f"SOCKWAY_{key.upper()}"
         if name in env:
@@ -427,6 +450,9 @@ def load_config(
         raise ConfigError("use [[namespace]] (an array of tables)")
     config.namespaces = [_build(NamespaceConfig, n, f"[[namespace]] {n.get('name', '')!r}")
                          for n in namespace_dicts]
+    if not isinstance(tunnel_dicts, list):
+        raise ConfigError("use [[tunnel]] (an array of tables)")
+    config.tunnels = [_build(TunnelConfig, t, "[[tunnel]]") for t in tunnel_dicts]
     names = [n.name for n in config.namespaces]
     if len(names) != len(set(names)):
         raise ConfigError("a [[namespace]] name is declared twice")

@@ -83,6 +83,10 @@ class Gateway:
             self.bridges.append(WebhookSender(self.hub, config.webhook))
         # Event outputs and command inputs of the broker engine itself (Redis streams, NATS).
         self.bridges.extend(self.broker.app_bridges(self.hub))
+        if config.tunnels:
+            from sockway.bridge.tunnel import TcpTunnel
+
+            self.bridges.extend(TcpTunnel(self.hub, tunnel) for tunnel in config.tunnels)
 
     def _add_static_routes(self) -> None:
         client = find_sockjs_client(self.config.sockjs_client)

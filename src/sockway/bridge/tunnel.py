@@ -1,0 +1,148 @@
+"""A TCP line server bridged both ways to a channel (``[[tunnel]]``): the talk's
+"tunnel" demo, where people on ``nc``/``telnet`` and people in browsers chat together.
+
+Each TCP client is a hub connection (transport ``tcp``) of a pseudo-endpoint
+``/tcp/<port>`` in a mode of its own: every line it sends is published to the channel
+as ``{"from": "tcp <address>", "text": line}``; it is subscribed to the channel and
+receives every publication as one line (``[from] text`` for such objects, the data
+itself for strings, JSON otherwise). Its own lines come back to it too, like everyone
+else's: the channel is the conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from sockway import closecodes
+from sockway.config import EndpointConfig
+from sockway.hub.channels import RAW
+from sockway.hub.connection import Connection
+from sockway.hub.endpoint import Endpoint
+from sockway.hub.message import SOCKJS
+from sockway.hub.modes import Mode
+from sockway.jsonutil import dumps_str, loads
+
+if TYPE_CHECKING:
+    from sockway.config import TunnelConfig
+    from sockway.hub.hub import Hub
+
+__all__ = ["TcpTunnel"]
+
+log = logging.getLogger("sockway.tunnel")
+
+
+def line_for(data: Any) -> str:
+    """How a publication reads on a terminal."""
+    if isinstance(data, str):
+        try:
+            value = loads(data)
+        except ValueError:
+            return data
+        if not isinstance(value, dict):
+            return data
+        data = value
+    if isinstance(data, dict) and "text" in data:
+        who = data.get("from") or data.get("user") or "?"
+        return f"[{who}] {data['text']}"
+    return dumps_str(data)
+
+
+class TunnelMode(Mode):
+    name = "tunnel"
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+
+    def on_open(self, conn: Connection) -> None:
+        self.hub.channels.subscribe(conn, self.channel, RAW)
+
+    def on_message(self, conn: Connection, data: str | bytes) -> None:
+        text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+        self.hub.channels.publish(self.channel, {"from": f"tcp {conn.remote}", "text": text})
+
+    def send_direct(self, conn: Connection, data: Any) -> None:
+        conn.send(data if isinstance(data, str) else dumps_str(data))
+
+
+class TcpLineConnection(Connection, asyncio.Protocol):
+    """One TCP client. It takes the SockJS encoding of messages (a JSON string, shared
+    with every SockJS recipient of the same publication) and turns it into a line."""
+
+    __slots__ = ("_buffer", "_closed", "_max", "_transport")
+    transport_name: ClassVar[str] = "tcp"
+    encoding_key = SOCKJS
+
+    def __init__(self, endpoint: Endpoint, max_line: int) -> None:
+        super().__init__(endpoint, "?", None)
+        self._buffer = b""
+        self._closed = False
+        self._max = max_line
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.remote = f"{peer[0]}:{peer[1]}" if peer else "?"
+        transport.write(f"* connected to channel {self.endpoint.mode.channel!r}; type a line and press "  # type: ignore[attr-defined]
+                        "enter\n".encode())
+        self.endpoint.opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            text = line.rstrip(b"\r").decode("utf-8", "replace")
+            if text:
+                self.endpoint.received(self, text)
+        if len(self._buffer) > self._max:
+            self.close(closecodes.MESSAGE_TOO_BIG, f"line longer than {self._max} bytes")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.endpoint.closed(self, closecodes.NORMAL if exc is None else closecodes.ABNORMAL, "")
+
+    def push(self, encoded: bytes) -> None:
+        if not self._closed and self._transport is not None:
+            self._transport.write(line_for(loads(encoded)).encode() + b"\n")
+
+    def close(self, code: int = closecodes.NORMAL, reason: str = "") -> None:
+        if self._closed or self._transport is None:
+            return
+        self._closed = True
+        if reason:
+            self._transport.write(f"* closed: {reason}\n".encode())
+        self._transport.close()
+
+    def flush(self, cache: dict) -> None:
+        pass
+
+    @property
+    def is_open(self) -> bool:
+        return not self._closed
+
+
+class TcpTunnel:
+    def __init__(self, hub: Hub, config: TunnelConfig) -> None:
+        self.hub = hub
+        self.config = config
+        host, _, port = config.listen.rpartition(":")
+        self.host, self.port = host.strip("[]"), int(port)
+        endpoint_config = EndpointConfig(f"/tcp/{self.port}", "tunnel", sockjs=False, websocket=False)
+        self.endpoint = Endpoint(endpoint_config, TunnelMode(config.channel), hub)
+        hub.add_endpoint(self.endpoint)
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self.server = await loop.create_server(
+                lambda: TcpLineConnection(self.endpoint, self.config.max_line), self.host, self.port)
+        except OSError as exc:
+            raise OSError(f"[[tunnel]] cannot listen on {self.config.listen}: {exc.strerror}") from None
+        log.info("TCP tunnel on %s <-> channel %r", self.config.listen, self.config.channel)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
