@@ -175,3 +175,54 @@ async def test_forward_to_a_node_that_is_gone(network_url):
         status, body = await api(other, "send", conn=conn, data="x")
         assert status == 404 and body["error"]["code"] == "not_found"
         assert asyncio.get_running_loop().time() - started < 3
+
+
+@run(60)
+async def test_presence_of_a_dead_node_expires(network_url):
+    """A node killed without a chance to say goodbye: its members' presence entries
+    expire after presence_ttl, and subscribers on the other nodes get their leave."""
+    prefix = unique("pres").replace("-", "")
+    url = f"{network_url}?presence_ttl=1.5&prefix={prefix}"
+    channel = unique("lobby")
+    survivor = start_node(url)
+    doomed = start_node(url)
+    try:
+        x = await Client.connect(survivor)
+        await x.ok("subscribe", channel=channel)
+        y = await Client.connect(doomed)
+        await y.ok("subscribe", channel=channel)
+        assert (await x.next("join"))["conn"] == y.conn
+        doomed.proc.kill()
+        doomed.proc.wait(5)
+        leave = await x.next("leave", timeout=8)
+        assert leave["conn"] == y.conn
+        result = await api_ok(survivor, "presence", channel=channel)
+        assert set(result["clients"]) == {x.conn}
+        await x.close()
+    finally:
+        stop_node(doomed)
+        stop_node(survivor)
+
+
+@run(60)
+async def test_concurrent_publishers_on_several_nodes(cluster):
+    """Publishers on every node at once, to one channel: offsets are assigned once each
+    (no gap, no repeat), and every subscriber sees them all in offset order."""
+    channel = unique("busy")
+    subscribers = [await Client.connect(cluster.pick(i)) for i in range(3)]
+    for s in subscribers:
+        await s.ok("subscribe", channel=channel)
+
+    async def publish_from(i: int) -> list[int]:
+        return [(await api_ok(cluster.pick(i), "publish", channel=channel, data=f"{i}-{n}"))["offset"]
+                for n in range(20)]
+
+    offsets = await asyncio.gather(*(publish_from(i) for i in range(3)))
+    assert sorted(o for batch in offsets for o in batch) == list(range(1, 61))
+    for s in subscribers:
+        got = await s.messages(60)
+        assert [m["offset"] for m in got] == list(range(1, 61))
+        for i in range(3):  # each publisher's own order is kept
+            assert [m["data"] for m in got if m["data"].startswith(f"{i}-")] == [f"{i}-{n}" for n in range(20)]
+        assert await s.quiet(0.2) == []
+        await s.close()

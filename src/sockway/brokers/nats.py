@@ -603,8 +603,16 @@ class NatsBroker(Broker):
 
     async def _bucket(self) -> Any:
         if self.kv is None:
-            self.kv = await self.js.create_key_value(
-                bucket=f"{self.upper}_PRESENCE", ttl=self.presence_ttl, history=1)
+            bucket = f"{self.upper}_PRESENCE"
+            try:
+                self.kv = await self.js.create_key_value(bucket=bucket, ttl=self.presence_ttl, history=1)
+            except APIError as exc:
+                if exc.err_code != 10058:
+                    raise
+                # Made by a node with another presence_ttl: use it as it is.
+                log.warning("KV bucket %s exists with another configuration (presence_ttl?); using it",
+                            bucket)
+                self.kv = await self.js.key_value(bucket)
         return self.kv
 
     def presence_join(self, channel: str, conn_id: str, info: dict) -> None:
@@ -652,20 +660,25 @@ class NatsBroker(Broker):
         return self._presence(channel)
 
     async def _presence(self, channel: str) -> dict[str, dict]:
+        """The channel's entries: the bucket stream's subjects under the channel (one
+        request), then each one's last message (a direct get each). Bounded: no
+        consumer, no wait for a watcher's end-of-data marker."""
         self._check()
         try:
-            kv = await self._bucket()
-            prefix = token(channel) + "."
-            watcher = await kv.watch(prefix + ">", ignore_deletes=True)
+            await self._bucket()
+            stream = f"KV_{self.upper}_PRESENCE"
+            base = f"$KV.{self.upper}_PRESENCE.{token(channel)}."
+            info = await self.js.stream_info(stream, subjects_filter=base + ">")
             out: dict[str, dict] = {}
-            try:
-                async for entry in watcher:
-                    if entry is None:
-                        break
-                    if entry.value:
-                        out[entry.key[len(prefix):]] = decode_json(entry.value)
-            finally:
-                await watcher.stop()
+            for subject in (info.state.subjects or {}):
+                try:
+                    msg = await self.js.get_msg(stream, subject=subject)
+                except NotFoundError:
+                    continue  # expired meanwhile
+                if msg.headers and msg.headers.get("KV-Operation") in ("DEL", "PURGE"):
+                    continue
+                if msg.data:
+                    out[subject[len(base):]] = decode_json(msg.data)
             return out
         except (APIError, *NETWORK_ERRORS) as exc:
             raise _unavailable(exc) from None
