@@ -26,7 +26,9 @@
  * - --pub, PUB to the gateway's SUB socket ([zeromq] sub): the talk's pattern. It works
  *   only because the script sleeps --settle milliseconds (default 200) between connect()
  *   and send(), to give the subscription time to arrive. On a loaded machine or a slow
- *   network 200 ms may not be enough; nothing tells the script. --settle=0 shows the loss.
+ *   network 200 ms may not be enough; nothing tells the script. --settle=0 shows the loss
+ *   (a race the script practically always loses; it wins only if it happens to be
+ *   descheduled between connect() and send() for long enough).
  *
  * Neither socket answers: the script cannot know that the gateway accepted the message.
  * When you need to know, use the HTTP API (examples/shell/publish.sh).
@@ -56,7 +58,7 @@ gateway's [zeromq] default target (a broadcast endpoint or a channel).
                   or SUB at tcp://127.0.0.1:5555 with --pub)
   --pub           connect a PUB socket to the gateway's SUB socket, as in the talk
   --settle=MS     with --pub: milliseconds to wait between connecting and sending
-                  (default 200; 0 sends at once, and the message is lost)
+                  (default 200; 0 sends at once: the message is almost always lost)
   --channel=NAME  send {"op": "publish", "channel": NAME, "data": MESSAGE} instead
 
 TEXT);

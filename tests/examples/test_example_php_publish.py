@@ -5,7 +5,7 @@ subscriber on /live.
 The talk's script connected a PUB socket and sent at once; these tests pin down what
 each way of sending does, so that the script's comments and the README stay true:
 PUSH delivers every run, PUB after a settle wait delivers (almost always: it is a
-guess), PUB sending at once loses the message."""
+guess), PUB sending at once loses the message (almost always: it is a race)."""
 
 from __future__ import annotations
 
@@ -77,8 +77,12 @@ def test_pub_with_settle_wait_delivers(php, gw):
 def test_pub_sending_at_once_loses_the_message(php, gw):
     """--pub --settle=0 is the talk's script as written: connect, send at once. ZeroMQ
     drops the message because the gateway's subscription has not reached the new PUB
-    socket yet. Every run loses it; the same client gets a PUSH message sent right
-    after, so the loss is not the client's or the gateway's."""
+    socket yet. It is a race the script practically always loses: 0 of 120 runs
+    delivered at a load average of 15 on 2 cores. It can win when the script is
+    descheduled between connect() and send() for long enough: the whole suite at a
+    load average of 16 once saw 1 of these 3 runs deliver. So: at most one of three.
+    The same client gets a PUSH message sent right after, so the loss is not the
+    client's or the gateway's."""
     with chat_listener(gw) as client:
         sent = [token("pub-now") for _ in range(3)]
         for message in sent:
@@ -87,8 +91,8 @@ def test_pub_sending_at_once_loses_the_message(php, gw):
         last = token("after")
         publish(php, f"--to={gw.pull}", last)
         _, before = client.until(lambda m: m == last)
-        late = client.collect(0.5)
-        assert not [m for m in before + late if m in sent], "a PUB message sent at once arrived"
+        delivered = [m for m in before + client.collect(0.5) if m in sent]
+        assert len(delivered) <= 1, f"PUB sending at once delivered {len(delivered)} of 3"
 
 
 def test_push_without_gateway_gives_up(php):
