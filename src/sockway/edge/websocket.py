@@ -40,7 +40,7 @@ from websockets.server import ServerProtocol
 
 from sockway import closecodes
 from sockway.hub.connection import Connection, ConnectionInfo
-from sockway.hub.message import SOCKJS
+from sockway.hub.message import SOCKJS, ws_key
 from sockway.sockjs.frames import HEARTBEAT, OPEN, close_frame, messages_frame
 from sockway.sockjs.payload import PayloadError, decode_messages
 from sockway.ws.frames import OP_TEXT, deflate_payload, frame, frame_header
@@ -131,7 +131,7 @@ class WebSocketConnection(Connection, asyncio.Protocol):
         self.close_reason = ""
 
     def _encoding_key(self) -> int:
-        return self.wbits
+        return ws_key(self.wbits, self.endpoint.config.compress_threshold)
 
     # -- asyncio.Protocol -----------------------------------------------------------
 
@@ -383,12 +383,13 @@ class SockJSWebSocket(WebSocketConnection):
     iteration leave as one ``a[...]`` frame; recipients with the same queue share the
     frame (and its compression) through the flush cache."""
 
-    __slots__ = ("_last_sent",)
+    __slots__ = ("_last_sent", "_threshold")
     transport_name: ClassVar[str] = "sockjs-websocket"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._last_sent = 0.0
+        self._threshold = self.endpoint.config.compress_threshold
 
     def _encoding_key(self) -> int:
         return SOCKJS
@@ -413,7 +414,7 @@ class SockJSWebSocket(WebSocketConnection):
         self._pending_bytes = 0
         if self._closing:
             return
-        key = (self.wbits, pending[0] if len(pending) == 1 else tuple(pending))
+        key = (self.wbits, self._threshold, pending[0] if len(pending) == 1 else tuple(pending))
         data = cache.get(key)
         if data is None:
             data = cache[key] = self._frame(messages_frame(pending))
@@ -422,8 +423,11 @@ class SockJSWebSocket(WebSocketConnection):
         self._backlog = transport.get_write_buffer_size()
 
     def _frame(self, sockjs_frame: bytes) -> bytes:
+        """One WebSocket text frame for a SockJS frame, compressed (RFC 7692 section
+        7.2.1) when permessage-deflate was negotiated and the frame is at least the
+        endpoint's compress_threshold long."""
         wbits = self.wbits
-        if wbits and len(sockjs_frame) >= 128:
+        if wbits and len(sockjs_frame) >= self._threshold:
             compressed = deflate_payload(sockjs_frame, wbits)
             return frame_header(OP_TEXT, len(compressed), compressed=True) + compressed
         return frame(OP_TEXT, sockjs_frame)

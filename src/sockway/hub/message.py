@@ -5,7 +5,11 @@ Encodings are keyed by a small integer, the connection's ``encoding_key``:
 * ``SOCKJS`` (-1): the SockJS JSON string (sockjs-protocol "JSON Unicode Encoding"),
   shared by every SockJS transport; the session frames and wraps it at flush time.
 * ``0``: an uncompressed RFC 6455 frame, ready to write to a raw WebSocket.
-* ``9..15``: a permessage-deflate frame (RFC 7692) compressed with that window size.
+* :func:`ws_key` ``(wbits, threshold)`` (``wbits`` 9..15 in the low four bits, the
+  endpoint's ``compress_threshold`` above them): a permessage-deflate frame (RFC 7692
+  section 7.2.1) compressed with a ``2**wbits`` window, or the uncompressed frame when
+  the message is shorter than ``threshold`` (section 6: compression is decided per
+  message). Endpoints with different thresholds thus never share a wrong encoding.
 
 Memory: the message keeps each encoding it was asked for until the last reference to
 it goes (for a broadcast, when the last recipient's write has been handed to the
@@ -17,17 +21,25 @@ from __future__ import annotations
 from sockway.sockjs.escaping import quote
 from sockway.ws.frames import OP_BINARY, OP_TEXT, deflate_payload, frame, frame_header
 
-__all__ = ["SOCKJS", "OutMessage", "set_compress_threshold"]
+__all__ = ["SOCKJS", "OutMessage", "set_compress_threshold", "ws_key"]
 
 SOCKJS = -1
 _compress_threshold = 128
 
 
 def set_compress_threshold(size: int) -> None:
-    """Messages shorter than ``size`` bytes are never compressed: below about a hundred
-    bytes DEFLATE saves little and costs more CPU than the bytes it saves."""
+    """The threshold :meth:`OutMessage.ws_frame` uses when it is given none (connections
+    pass their endpoint's, through :func:`ws_key`). Messages shorter than that are
+    never compressed: below about a hundred bytes DEFLATE saves little and costs more
+    CPU than the bytes it saves."""
     global _compress_threshold
     _compress_threshold = max(0, int(size))
+
+
+def ws_key(wbits: int, threshold: int) -> int:
+    """The encoding key of a raw WebSocket connection: 0 without permessage-deflate,
+    else the negotiated server window bits and the endpoint's compress_threshold."""
+    return wbits | (max(0, threshold) << 4) if wbits else 0
 
 
 class OutMessage:
@@ -66,29 +78,36 @@ class OutMessage:
             self._quoted = quote(self.text)
         return self._quoted
 
-    def ws_frame(self, wbits: int = 0) -> bytes:
+    def ws_frame(self, wbits: int = 0, threshold: int | None = None) -> bytes:
         """The RFC 6455 frame of this message, compressed with a ``2**wbits`` window
-        when ``wbits`` is not 0 and the message is long enough."""
+        when ``wbits`` is not 0 and the message is at least ``threshold`` bytes long
+        (default: :func:`set_compress_threshold`'s)."""
+        if threshold is None:
+            threshold = _compress_threshold
+        key = ws_key(wbits, threshold)
         frames = self._frames
         if frames is None:
             frames = self._frames = {}
         else:
-            cached = frames.get(wbits)
+            cached = frames.get(key)
             if cached is not None:
                 return cached
         opcode = OP_BINARY if self.binary else OP_TEXT
         payload = self.payload
-        if wbits and len(payload) >= _compress_threshold:
+        if wbits and len(payload) >= threshold:
             compressed = deflate_payload(payload, wbits)
             encoded = frame_header(opcode, len(compressed), compressed=True) + compressed
         else:
             encoded = frames.get(0) or frame(opcode, payload)
             frames[0] = encoded
-        frames[wbits] = encoded
+        frames[key] = encoded
         return encoded
 
     def encode(self, key: int) -> bytes:
-        return self.quoted if key < 0 else self.ws_frame(key)
+        """The encoding for ``key`` (see the module docstring)."""
+        if key < 0:
+            return self.quoted
+        return self.ws_frame(key & 15, key >> 4)
 
     def __repr__(self) -> str:
         return f"OutMessage({self.data[:40]!r}{'...' if len(self.data) > 40 else ''})"
