@@ -50,13 +50,20 @@ class SockwayHandler(logging.Handler):
         self.key = key
         self.timeout = timeout
         self.socket = None
+        self.context = None
         if zmq:
+            import atexit
+
             import zmq as _zmq
 
-            self.socket = _zmq.Context.instance().socket(_zmq.PUSH)
-            self.socket.setsockopt(_zmq.LINGER, 1000)
+            # A context of its own, terminated on close() or at exit: terminating waits
+            # (up to LINGER) for queued records, so a short-lived process loses none.
+            self.context = _zmq.Context()
+            self.socket = self.context.socket(_zmq.PUSH)
+            self.socket.setsockopt(_zmq.LINGER, 2000)
             self.socket.setsockopt(_zmq.SNDHWM, 10_000)
             self.socket.connect(zmq)
+            atexit.register(self.close)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -79,4 +86,7 @@ class SockwayHandler(logging.Handler):
         if self.socket is not None:
             self.socket.close()
             self.socket = None
+        if self.context is not None:
+            self.context.term()
+            self.context = None
         super().close()
