@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from sockway import closecodes
+from sockway.auth import AuthError
 from sockway.edge import http_util as h
 from sockway.edge.hixie import Hixie76SockJS, handshake_head
 from sockway.edge.security import OriginPolicy, ProxyPolicy
@@ -143,6 +144,23 @@ class EndpointRoutes:
             return True
         return self.origins.allows(origin, self.proxies.own_origin(request))
 
+    def authenticate(self, request: web.BaseRequest) -> tuple[dict | None, str | None]:
+        """Verify the ``token`` query parameter, if any: (claims, None) or (None, why)."""
+        token = request.query.get("token")
+        if token is None:
+            return None, None
+        try:
+            return self.endpoint.hub.auth.verify(token), None
+        except AuthError as exc:
+            return None, str(exc)
+
+    @staticmethod
+    def apply_auth(conn, claims: dict | None, error: str | None) -> None:
+        conn.claims = claims
+        conn.auth_error = error
+        if claims is not None and "sub" in claims:
+            conn.user = str(claims["sub"])
+
     def connection_info(self, request: web.BaseRequest, remote: str) -> ConnectionInfo | None:
         if not (self.config.keep_request_info or getattr(self.endpoint.mode, "needs_info", False)):
             return None
@@ -218,6 +236,7 @@ class EndpointRoutes:
             session = self.registry.create(session_id, remote,
                                            self.connection_info(request, remote),
                                            TRANSPORT_NAMES[transport])
+            self.apply_auth(session, *self.authenticate(request))
         else:
             session.transport_name = TRANSPORT_NAMES[transport]
         if transport in ("xhr", "jsonp"):
@@ -287,6 +306,12 @@ class EndpointRoutes:
             self.endpoint.hub.stats.rejected_connections += 1
             return h.text_response(503, "Too many connections; try again later.\n")
         remote = self.proxies.client_address(request)
+        claims, auth_error = self.authenticate(request)
+        if auth_error is not None and not sockjs:
+            # A raw WebSocket client can read an HTTP status; a SockJS client is told
+            # with c[4001,...] after the session opens.
+            self.endpoint.hub.stats.auth_failures += 1
+            return h.text_response(401, f"Unauthorized: {auth_error}\n")
         if sockjs and hixie76.is_hixie76(request.headers):
             return self._hixie76(request, remote)
         live, head, wbits, refusal = accept_websocket(
@@ -308,6 +333,7 @@ class EndpointRoutes:
             cls = SockJSWebSocket if sockjs else RawWebSocket
             conn = cls(self.endpoint, live, transport, self.endpoint.hub.coalescer, remote,
                        info, wbits, config.max_buffer)
+            self.apply_auth(conn, claims, auth_error)
             conn.start(tail)
         except Exception:
             log.exception("%s: could not start a WebSocket connection", self.endpoint.prefix)
