@@ -511,11 +511,6 @@ class TestWebsocket:
             ws3.send('["a"]')
             assert ws_recv(ws3) == 'a["a"]'
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="aiohttp's HTTP parser answers 400 to any request with Sec-WebSocket-Key1 before "
-        "sockway sees it; the handshake must be intercepted before aiohttp (edge/server.py)",
-    )
     def test_hixie76_headers_are_sent_before_the_key_bytes(self, port):
         """Websocket.test_haproxy: the response head must come before the client
         sends its 8 key bytes (HAProxy forwards them only then); then the 16-byte

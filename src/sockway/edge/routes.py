@@ -30,7 +30,6 @@ from sockway.hub.connection import ConnectionInfo
 from sockway.sockjs.frames import CALLBACK_RE, info_body
 from sockway.sockjs.payload import PayloadError, decode_messages
 from sockway.sockjs.urls import parse_path
-from sockway.ws import hixie76
 
 if TYPE_CHECKING:
     from sockway.hub.endpoint import Endpoint
@@ -312,8 +311,6 @@ class EndpointRoutes:
             # with c[4001,...] after the session opens.
             self.endpoint.hub.stats.auth_failures += 1
             return h.text_response(401, f"Unauthorized: {auth_error}\n")
-        if sockjs and hixie76.is_hixie76(request.headers):
-            return self._hixie76(request, remote)
         live, head, wbits, refusal = accept_websocket(
             request,
             deflate=config.permessage_deflate,
@@ -340,20 +337,25 @@ class EndpointRoutes:
             transport.abort()
         return Detached()
 
-    def _hixie76(self, request: web.Request, remote: str) -> web.StreamResponse:
-        try:
-            transport, tail = detach(request)
-        except ConnectionResetError:
-            return Detached()
-        scheme = "wss" if request.secure else "ws"
-        location = f"{scheme}://{request.host}{request.raw_path}"
-        transport.write(handshake_head(request.headers.get("Origin", ""), location,
-                                       request.headers.get("Sec-WebSocket-Protocol")))
-        conn = Hixie76SockJS(self.endpoint, transport, remote,
-                             request.headers["Sec-WebSocket-Key1"],
-                             request.headers["Sec-WebSocket-Key2"])
+    def start_hixie76(self, transport, headers: dict[str, str], target: str, secure: bool,
+                      tail: bytes) -> bool:
+        """Take over a hixie-76 handshake found by :mod:`sockway.edge.sniffer` (aiohttp
+        refuses these requests). ``headers`` have lower-case names. False if refused."""
+        config = self.config
+        host = headers.get("host", "")
+        origin = headers.get("origin")
+        own = f"{'https' if secure else 'http'}://{host}"
+        if not config.websocket or not config.sockjs or not (
+                origin is None or self.origins.allows(origin, own)) or not self.endpoint.accepting:
+            return False
+        peer = transport.get_extra_info("peername")
+        remote = peer[0] if peer else "?"
+        location = f"{'wss' if secure else 'ws'}://{host}{target}"
+        transport.write(handshake_head(origin or "", location, headers.get("sec-websocket-protocol")))
+        conn = Hixie76SockJS(self.endpoint, transport, remote, headers["sec-websocket-key1"],
+                             headers["sec-websocket-key2"])
         conn.start(tail)
-        return Detached()
+        return True
 
     def _keepalive(self, now: float) -> None:
         """Pings for raw WebSockets, heartbeats for SockJS ones."""

@@ -18,6 +18,7 @@ from sockway.brokers import create_broker
 from sockway.config import ServerConfig
 from sockway.edge.routes import EndpointRoutes
 from sockway.edge.security import ProxyPolicy
+from sockway.edge.sniffer import FirstRequestSniffer
 from sockway.hub.endpoint import Endpoint
 from sockway.hub.hub import Hub
 from sockway.hub.message import set_compress_threshold
@@ -56,7 +57,7 @@ class Gateway:
         self.app = web.Application(client_max_size=max(
             [e.max_message_size * 2 + 1024 for e in config.endpoints] + [1 << 20]))
         self.runner: web.AppRunner | None = None
-        self.sites: list[web.BaseSite] = []
+        self.servers: list[asyncio.Server] = []
         self.routes: dict[str, EndpointRoutes] = {}
         self._stopping = asyncio.Event()
         if config.endpoints:
@@ -153,22 +154,28 @@ class Gateway:
             shutdown_timeout=self.config.shutdown_timeout,
         )
         await self.runner.setup()
+        ssl_context = self.ssl_context()
+        handler_factory = self.runner.server
+        assert handler_factory is not None
+
+        def protocol() -> FirstRequestSniffer:
+            return FirstRequestSniffer(handler_factory, self.routes, ssl_context is not None)
+
         if sock is not None:
-            site = web.SockSite(self.runner, sock, ssl_context=self.ssl_context())
+            server = await self.loop.create_server(protocol, sock=sock, ssl=ssl_context, backlog=4096)
         else:
-            site = web.TCPSite(self.runner, self.config.host, self.config.port,
-                               ssl_context=self.ssl_context(), backlog=4096,
-                               reuse_port=reuse_port or None)
-        await site.start()
-        self.sites.append(site)
+            server = await self.loop.create_server(protocol, self.config.host, self.config.port,
+                                                   ssl=ssl_context, backlog=4096,
+                                                   reuse_port=reuse_port or None)
+        self.servers.append(server)
         await self.hub.start(self.config.sweep_interval)
         for bridge in self.bridges:
             await bridge.start()
 
     @property
     def port(self) -> int:
-        server = self.sites[0]._server
-        return server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        """The bound port (useful when the configured port is 0)."""
+        return self.servers[0].sockets[0].getsockname()[1]
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -179,10 +186,8 @@ class Gateway:
     async def stop(self) -> None:
         """Stop accepting, close every client with 1001, wait for them (bounded by
         shutdown_timeout), then close what is left."""
-        for site in self.sites:
-            server = getattr(site, "_server", None)
-            if server is not None:
-                server.close()
+        for server in self.servers:
+            server.close()
         await self.hub.shutdown(self.config.shutdown_timeout)
         await self._drain_events(self.config.shutdown_timeout)
         for bridge in self.bridges:
