@@ -280,6 +280,9 @@ async def test_history_semantics_match_the_memory_engine(redis_server):
         for name, broker in (("memory", memory), ("redis", redis_broker)):
             channel = unique("parity")
             out = answers[name]
+            unknown = await resolve(broker.history(unique("nobody"), policy))
+            out.append((unknown.position.offset, unknown.publications))
+            broker.interest(channel, True)  # a subscriber here: the channel's state is kept
             first = await resolve(broker.history(channel, policy))
             epoch = first.position.epoch
             out.append(first.position.offset)

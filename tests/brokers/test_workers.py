@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 from cluster import Client, api_ok, http_get, node_config, start_node, stop_node
@@ -23,6 +24,14 @@ async def test_two_workers_serve_one_port(engine, request):
     server = request.getfixturevalue(f"{engine}_server")
     gw = start_node(server.url, args=("--workers", "2"))
     try:
+        # Both workers listen (each new connection may land on either one).
+        workers: set[str] = set()
+        deadline = time.monotonic() + 15
+        while len(workers) < 2 and time.monotonic() < deadline:
+            if http_get(gw.url + "/readyz")[0] == 200:
+                workers.add(http_get(gw.url + "/sockway/health")[1]["node"])
+            time.sleep(0.02)
+        assert len(workers) == 2, workers
         # Connections land on both workers (the kernel spreads them by address hash).
         clients, nodes_seen = [], set()
         for _ in range(40):

@@ -529,12 +529,16 @@ class NatsBroker(Broker):
         raise BrokerUnavailable(f"channel {channel}: too many concurrent publishers")
 
     async def _position(self, channel: str, policy: HistoryPolicy) -> tuple[str, str, _Head]:
-        """The channel's stream, subject and last message, a marker stored first if empty."""
+        """The channel's stream, subject and last message. An empty subject gets a marker
+        if someone here listens to the channel; otherwise the answer is (0, "") and
+        nothing is stored for a name that may never be used (as memory.py does)."""
         stream, subject = await self._stream(channel, policy)
         for _attempt in range(10):
             head = await self._head(stream, subject)
             if head is not None:
                 return stream, subject, head
+            if channel not in self._interest:
+                return stream, subject, (0, 0, "")
             appended = await self._append(stream, subject, None, None)
             if appended is not None:
                 return stream, subject, appended[0]

@@ -166,7 +166,16 @@ return {offset, epoch}
 """ARGV: new epoch, pub/sub channel, body (wire.publication_body), history size, stream
 TTL (ms), meta TTL (ms). Returns {offset, epoch}."""
 
-HISTORY = _STATE + """
+HISTORY = """
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  if ARGV[1] == '' then
+    return {0, '', {}}
+  end
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+end
 local offset = tonumber(redis.call('HGET', KEYS[1], 'o'))
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 local entries = {}
@@ -179,8 +188,9 @@ elseif ARGV[2] == 'all' then
 end
 return {offset, epoch, entries}
 """
-"""ARGV: new epoch, mode (after | last | all | none), its argument (first id | count),
-meta TTL (ms). Returns {offset, epoch, entries}."""
+"""ARGV: new epoch ("": create nothing, answer offset 0 and epoch "" for a channel that
+has no state), mode (after | last | all | none), its argument (first id | count), meta
+TTL (ms). Returns {offset, epoch, entries}."""
 
 RESET = """
 redis.call('DEL', KEYS[2])
@@ -629,8 +639,11 @@ class RedisBroker(Broker):
                 await asyncio.wait_for(asyncio.shield(pending[-1]), self.timeout)
             except TimeoutError:
                 raise BrokerUnavailable("Redis did not confirm a subscription in time") from None
+        # State is created for channels someone here listens to, not for any name queried
+        # (as memory.py does): an unknown channel answers (0, "").
+        epoch = new_epoch() if channel in self._interest else ""
         offset, epoch, entries = await self._eval(
-            _SCRIPTS["history"], self._keys(channel), [new_epoch(), mode, arg, self.meta_ttl_ms], retry=True)
+            _SCRIPTS["history"], self._keys(channel), [epoch, mode, arg, self.meta_ttl_ms], retry=True)
         return int(offset), _text(epoch), entries
 
     def history(self, channel: str, policy: HistoryPolicy, since: StreamPosition | None = None,
