@@ -68,8 +68,9 @@ class EndpointConfig:
     response_limit: int = 128 * 1024
     """SockJS streaming: bytes sent before a streaming response is ended."""
     max_buffer: int = 1 << 20
-    """Per connection: bytes queued for a client that is not reading (its kernel
-    socket buffer aside) before it is closed with 4008. This bounds memory per client."""
+    """Per connection: a client for which more than this many bytes already wait (queued
+    or unsent in the transport) when a new message comes is closed with 4008. Memory per
+    client is at most max_buffer + one message + the kernel's socket buffer."""
     max_session_queue: int = 1 << 20
     """SockJS HTTP sessions: bytes queued while no request is attached, before the
     session is closed with 4009."""

@@ -21,7 +21,6 @@ from sockway.edge.security import ProxyPolicy
 from sockway.edge.sniffer import FirstRequestSniffer
 from sockway.hub.endpoint import Endpoint
 from sockway.hub.hub import Hub
-from sockway.hub.message import set_compress_threshold
 from sockway.hub.modes import create_mode
 
 __all__ = ["Gateway", "find_sockjs_client", "run"]
@@ -60,8 +59,6 @@ class Gateway:
         self.servers: list[asyncio.Server] = []
         self.routes: dict[str, EndpointRoutes] = {}
         self._stopping = asyncio.Event()
-        if config.endpoints:
-            set_compress_threshold(config.endpoints[0].compress_threshold)
         for endpoint_config in config.endpoints:
             mode = create_mode(endpoint_config.mode, endpoint_config)
             endpoint = Endpoint(endpoint_config, mode, self.hub)
@@ -188,8 +185,9 @@ class Gateway:
         shutdown_timeout), then close what is left."""
         for server in self.servers:
             server.close()
+        deadline = self.loop.time() + self.config.shutdown_timeout
         await self.hub.shutdown(self.config.shutdown_timeout)
-        await self._drain_events(self.config.shutdown_timeout)
+        await self._drain_events(max(0.0, deadline - self.loop.time()))
         for bridge in self.bridges:
             await bridge.stop()
         for endpoint in self.hub.endpoints.values():
