@@ -266,3 +266,29 @@ async def test_broadcast_history_replay(gw):
             sent.append("live")
             await newcomer.close()
         await speaker.close()
+
+
+@run()
+async def test_idle_channels_leave_no_state(gw):
+    """Publishing to channels nobody listens to and that keep no history (an
+    application notifying offline users), or asking for the history of names nobody
+    uses, must not grow the broker; a channel with history keeps its state."""
+    async with aiohttp.ClientSession() as http:
+        api = Api(http, gw)
+        before = (await api.stats())["broker"]["channels"]
+        status, body = await api.post("commands", [
+            {"op": "publish", "channel": f"nohist:user{i}", "data": i} for i in range(500)])
+        assert status == 200 and all("result" in r for r in body["results"])
+        status, body = await api.post("commands", [
+            {"op": "history", "channel": f"unknown{i}"} for i in range(300)])
+        assert status == 200
+        assert body["results"][0]["result"]["publications"] == []
+        c = await ChannelsClient.connect(gw, "/ch")
+        for i in range(50):
+            await c.ok("subscribe", channel=f"nohist:visit{i}")
+            await c.ok("unsubscribe", channel=f"nohist:visit{i}")
+        await c.close()
+        await eventually(lambda: _no_clients(api))
+        assert (await api.stats())["broker"]["channels"] == before
+        await api("publish", channel="kept", data=1)
+        assert (await api.stats())["broker"]["channels"] == before + 1

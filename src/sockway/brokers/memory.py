@@ -2,8 +2,14 @@
 
 History per channel is a deque bounded by the namespace's ``history_size`` and
 ``history_ttl``: memory is at most ``size`` publications per channel (each about 300
-bytes plus its data and the encodings computed for it). A channel's state is dropped
-when it has no history, no presence and no interested node.
+bytes plus its data and the encodings computed for it). A channel's state (offset,
+epoch, history) is dropped as soon as it has no history, no presence and no interested
+node: after a publication nobody receives or keeps (an application publishing to
+``user:<id>`` channels of users who are offline must not grow the process), and when
+its last subscriber leaves. Queries about a channel that has no state (``history`` of
+a name nobody uses) answer from a blank position without creating any. The next
+publication starts a new epoch, so a client holding an old position learns that it
+cannot recover.
 """
 
 from __future__ import annotations
@@ -48,6 +54,14 @@ class MemoryBroker(Broker):
             stream = self._streams[channel] = _Stream()
         return stream
 
+    def _forget_if_idle(self, channel: str, stream: _Stream) -> None:
+        if not stream.items and channel not in self._interest and channel not in self._presence:
+            self._streams.pop(channel, None)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "channels": len(self._streams),
+                "presence_channels": len(self._presence)}
+
     @staticmethod
     def _trim(stream: _Stream, policy: HistoryPolicy, now: float) -> None:
         items = stream.items
@@ -69,6 +83,8 @@ class MemoryBroker(Broker):
             self._trim(stream, policy, now)
         if channel in self._interest:
             self.on_publication(pub)
+        else:
+            self._forget_if_idle(channel, stream)
         return pub
 
     def interest(self, channel: str, on: bool) -> None:
@@ -77,15 +93,24 @@ class MemoryBroker(Broker):
         else:
             self._interest.discard(channel)
             stream = self._streams.get(channel)
-            if stream is not None and not stream.items and channel not in self._presence:
+            if stream is not None:
                 # Keep offset and epoch while history exists; otherwise forget the channel
                 # (a later subscriber with an old position then gets recovered=False).
-                del self._streams[channel]
+                self._forget_if_idle(channel, stream)
 
     def history(self, channel: str, policy: HistoryPolicy, since: StreamPosition | None = None,
                 limit: int | None = None) -> HistoryResult:
-        stream = self._stream(channel)
+        stream = self._streams.get(channel)
+        if stream is None:
+            if channel not in self._interest:
+                # Nothing is known of it, and nobody here listens: answer without
+                # creating state for a name that may never be used again.
+                position = StreamPosition(0, "")
+                return HistoryResult([], position, since is None or since == position)
+            stream = self._stream(channel)
         self._trim(stream, policy, time.time())
+        if channel not in self._interest:
+            self._forget_if_idle(channel, stream)  # its history may just have expired
         items = list(stream.items)
         position = StreamPosition(stream.offset, stream.epoch)
         if since is None:
