@@ -63,6 +63,11 @@ mode = "app"
 app_accept = true
 auth_timeout = {ACCEPT_TIMEOUT}
 
+[[endpoint]]
+prefix = "/members"
+mode = "app"
+anonymous = false
+
 [[namespace]]
 name = ""
 history_size = 50
@@ -499,3 +504,63 @@ async def _events_until_closed(worker: ZmqWorker, queries: tuple[str, ...]) -> d
         per_conn.setdefault(event["conn"], []).append(event)
         closes += event["type"] == "close"
     return per_conn
+
+
+# -- refused connections and closing ones ---------------------------------------------------------
+
+
+@run()
+async def test_refused_connections_send_no_events(gw, worker):
+    """A connection refused before the application was told of it (a bad token; no
+    token where one is required) must not produce a close event either."""
+    # This gateway accepts no token at all, so any token is refused: raw WebSocket
+    # gets a 401, SockJS opens and closes with 4001.
+    s = await SockJSWS.connect(gw.ws_url + "/app", query="token=bogus")
+    with pytest.raises(Closed) as closed:
+        await s.recv_text()
+    assert closed.value.code == 4001
+    ws = await RawWS.connect(gw.ws_url + "/members/websocket")
+    with pytest.raises(Closed) as closed:
+        await ws.recv_text()
+    assert closed.value.code == 4001
+    # A connection that is let in, as a marker: nothing of the refused ones before it.
+    marker = tag()
+    ok = await RawWS.connect(gw.ws_url + f"/app/websocket?tag={marker}")
+    opened = await open_event(worker, marker)
+    await ok.close()
+    await worker.event(match=lambda e: e.get("conn") == opened["conn"] and e["type"] == "close")
+    strays = [e for e in worker.seen if e["type"] == "close" and e["seq"] == 1]
+    assert strays == [], strays
+
+
+@run()
+async def test_nothing_after_close(gw, worker):
+    """Once the application has closed a connection, what the client still sends (after
+    the close frame, before its own) is not delivered."""
+    marker = tag()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET /app/websocket?tag={marker} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101")
+
+    def text(payload: bytes) -> bytes:
+        return bytes((0x81, 0x80 | len(payload))) + b"\0\0\0\0" + payload
+
+    writer.write(text(b"before"))
+    opened = await open_event(worker, marker)
+    before = await worker.event(match=lambda e: e.get("conn") == opened["conn"])
+    assert before["data"] == "before"
+    async with aiohttp.ClientSession() as http:
+        await Api(http, gw)("close", conn=opened["conn"], code=4000, reason="go")
+    frame = await asyncio.wait_for(reader.readexactly(6), 5)
+    assert frame[0] == 0x88 and int.from_bytes(frame[2:4], "big") == 4000
+    for i in range(5):
+        writer.write(text(f"after {i}".encode()))
+    writer.write(bytes((0x88, 0x82)) + b"\0\0\0\0" + (4000).to_bytes(2, "big"))
+    await writer.drain()
+    close = await worker.event(match=lambda e: e.get("conn") == opened["conn"])
+    assert (close["type"], close["code"], close["seq"]) == ("close", 4000, 3), close
+    writer.close()

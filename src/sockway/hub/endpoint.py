@@ -24,6 +24,13 @@ class Endpoint:
 
     Mode callbacks run synchronously on the event loop. An exception in one closes that
     client with 1011 and is logged; it never reaches the transport or other clients.
+
+    The mode sees a connection's life whole or not at all: one refused before its
+    ``on_open`` (a bad token, authentication required) gets no ``on_close`` either, so
+    the application never receives a ``close`` event for a connection it was never told
+    about. Once a connection is closing (closed by the gateway or the application, or by
+    the client's close frame), what it still sends reaches neither the mode nor the
+    application: after ``close``, nothing.
     """
 
     def __init__(self, config: EndpointConfig, mode: Mode, hub: Hub) -> None:
@@ -38,6 +45,8 @@ class Endpoint:
         self._rate = rate
         self._burst = float(config.rate_burst or max(1, int(rate * 2)))
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._refused: set[str] = set()
+        """Connections closed before the mode saw them open."""
         mode.bind(self)
 
     @property
@@ -55,10 +64,12 @@ class Endpoint:
         self.opened_total += 1
         if conn.auth_error is not None:
             self.hub.stats.auth_failures += 1
+            self._refused.add(conn.id)
             conn.close(closecodes.UNAUTHORIZED, conn.auth_error[:120])
             return
         if conn.claims is None and not self.config.anonymous and not self.mode.authenticates_later:
             self.hub.stats.auth_failures += 1
+            self._refused.add(conn.id)
             conn.close(closecodes.UNAUTHORIZED, "authentication required: pass ?token=<JWT>")
             return
         try:
@@ -68,8 +79,8 @@ class Endpoint:
             conn.close(closecodes.INTERNAL_ERROR, "Internal error")
 
     def received(self, conn: Connection, data: str | bytes) -> None:
-        if conn.id not in self.hub.by_id:
-            return  # closed: nothing more reaches the mode (or the application)
+        if conn.id not in self.hub.by_id or not conn.is_open or conn.id in self._refused:
+            return  # closing or closed: nothing more reaches the mode (or the application)
         self.messages_in += 1
         if self._rate and not self._allow(conn):
             self.hub.stats.rate_limited += 1
@@ -101,6 +112,9 @@ class Endpoint:
         self.hub.by_id.pop(conn.id, None)
         self._buckets.pop(conn.id, None)
         self.hub.channels.connection_closed(conn)
+        if conn.id in self._refused:
+            self._refused.discard(conn.id)
+            return
         try:
             self.mode.on_close(conn, code, reason)
         except Exception:
