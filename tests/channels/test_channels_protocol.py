@@ -275,6 +275,17 @@ async def test_permission_app_decides(gw):
             # A second answer to the same event is a 404.
             status, body = await api.post("reply", {"event": "nope-1", "allow": True})
             assert status == 404 and body["error"]["code"] == "not_found"
+            # Two requests for one channel, both allowed: the second is refused as a
+            # duplicate, not answered with a made-up position.
+            await c.send({"op": "subscribe", "channel": "app:dup", "id": "dup1"})
+            await c.send({"op": "subscribe", "channel": "app:dup", "id": "dup2"})
+            for _ in range(2):
+                event = await worker.event(match=lambda e: e.get("conn") == c.conn
+                                           and e.get("channel") == "app:dup")
+                await api("reply", event=event["id"], allow=True)
+            replies = sorted([await c.next("reply"), await c.next("reply")], key=lambda r: "error" in r)
+            assert replies[0]["result"]["channel"] == "app:dup" and replies[0]["result"]["epoch"]
+            assert replies[1]["error"]["code"] == "already_subscribed", replies
             # No answer in time: forbidden.
             loop = asyncio.get_running_loop()
             started = loop.time()
@@ -377,6 +388,28 @@ async def test_good_tokens(gw, tokens, kind, sockjs):
     assert e.welcome["user"] is None
     for client in (c, d, e):
         await client.close()
+
+
+@run()
+async def test_auth_after_connecting_anonymously(gw, tokens):
+    """On an anonymous endpoint a client logs in later: one welcome, one open event, then
+    an auth event; presence shows the user."""
+    worker = ZmqWorker(gw.push)
+    try:
+        c = await connect(gw)
+        assert c.welcome["user"] is None
+        assert await c.ok("auth", token=tokens.rs("frank")) == {"conn": c.conn, "user": "frank"}
+        await c.ok("subscribe", channel="login-room")
+        presence = await c.ok("presence", channel="login-room")
+        assert presence["clients"][c.conn]["user"] == "frank"
+        assert await c.error("auth", token=tokens.rs("frank")) == "bad_request"
+        assert [m for m in await c.quiet() if m.get("type") == "connected"] == []
+        await c.close()
+        events = await worker.events_of(c.conn, 3)
+        assert [(e["type"], e["seq"], e.get("user")) for e in events] == [
+            ("open", 1, None), ("auth", 2, "frank"), ("close", 3, None)]
+    finally:
+        worker.close()
 
 
 @pytest.mark.parametrize("sockjs", TRANSPORTS)

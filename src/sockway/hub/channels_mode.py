@@ -30,6 +30,11 @@ in between); ``recoverable`` says whether the channel keeps history at all, so w
 client should ask with ``since`` after a reconnect (without history, any publication
 missed is lost, and a position is not kept once nobody is subscribed).
 
+On an endpoint with ``anonymous = true`` a client is welcomed at once and may send
+``auth`` later (to log in): the reply carries its user, and the application gets an
+``auth`` event rather than a second ``open``. With ``anonymous = false`` it is welcomed
+(``connected``, and the ``open`` event) only once authenticated.
+
 Permissions come from the channel's ``[[namespace]]``: ``open``, ``token`` (the JWT's
 ``channels``/``publish`` claims), ``app`` (the application answers a ``subscribe`` or
 ``publish`` event with the ``reply`` command) or ``none``.
@@ -144,7 +149,12 @@ class ChannelsMode(Mode):
         conn.claims = claims
         conn.user = str(claims["sub"]) if "sub" in claims else None
         _reply(conn, request_id, {"conn": conn.id, "user": conn.user})
-        self._welcome(conn)
+        if self.endpoint.config.anonymous:
+            # Welcomed (and announced with "open") when it connected, anonymously: it
+            # has now logged in. One "connected", one "open" per connection.
+            self.hub.events.emit(conn, "auth", user=conn.user)
+        else:
+            self._welcome(conn)
 
     def _check(self, conn: Connection, action: str, channel: str, then, request_id: Any) -> None:
         """Run ``then()`` if the namespace rules allow ``action`` on ``channel``."""
@@ -194,6 +204,10 @@ class ChannelsMode(Mode):
             raise CommandError("already_subscribed", f"already subscribed to {channel!r}")
 
         def go() -> None:
+            # Checked again: an application's answer comes later, maybe after another
+            # subscribe to the same channel was allowed.
+            if self.hub.channels.is_subscribed(conn, channel):
+                raise CommandError("already_subscribed", f"already subscribed to {channel!r}")
             recoverable = self.hub.channels.policy(channel).size > 0
 
             def ready(result: SubscribeResult) -> None:
