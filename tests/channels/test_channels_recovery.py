@@ -59,6 +59,10 @@ history_size = 5
 [[namespace]]
 name = "nohist"
 publish = "open"
+
+[[namespace]]
+name = "stress"
+history_size = 3000
 """
     with config_gateway(config) as proc:
         proc.pull = pull
@@ -292,3 +296,63 @@ async def test_idle_channels_leave_no_state(gw):
         assert (await api.stats())["broker"]["channels"] == before
         await api("publish", channel="kept", data=1)
         assert (await api.stats())["broker"]["channels"] == before + 1
+
+
+@pytest.mark.parametrize("sockjs", [pytest.param(False, id="raw"), pytest.param(True, id="sockjs")])
+@run(timeout=90)
+async def test_recovery_under_load(gw, sockjs):
+    """Publications pour in through ZeroMQ while a client keeps losing its connection and
+    coming back with its position: what it ends up with is every publication, once, in
+    order."""
+    total = 2000
+    channel = f"stress:{next(_names)}"
+    ctx = zmq.asyncio.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 1000)
+    push.connect(gw.pull)
+
+    async def pump() -> None:
+        for i in range(total):
+            await push.send(json.dumps({"op": "publish", "channel": channel, "data": i}).encode())
+            if i % 20 == 19:
+                await asyncio.sleep(0.01)  # about 2,000 a second
+
+    got: list[int] = []
+    reconnects = 0
+    try:
+        c = await ChannelsClient.connect(gw, "/ch", sockjs=sockjs)
+        result = await c.ok("subscribe", channel=channel)
+        position = {"offset": result["offset"], "epoch": result["epoch"]}
+        pumping = asyncio.ensure_future(pump())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while len(got) < total:
+            assert loop.time() < deadline, f"stuck at {len(got)} after {reconnects} reconnects"
+            # Read for a moment, then lose the connection.
+            stop = loop.time() + 0.05 + 0.1 * (reconnects % 3)
+            while loop.time() < stop and len(got) < total:
+                try:
+                    message = await c.next("message", timeout=max(0.01, stop - loop.time()))
+                except TimeoutError:
+                    break
+                got.append(message["data"])
+                position = {"offset": message["offset"], "epoch": message["epoch"]}
+            if len(got) >= total:
+                break
+            await c.drop()
+            reconnects += 1
+            c = await ChannelsClient.connect(gw, "/ch", sockjs=sockjs)
+            result = await c.ok("subscribe", channel=channel, since=position)
+            assert result["recovered"] is True, (reconnects, position, result["offset"])
+            for p in result["publications"]:
+                got.append(p["data"])
+                position = {"offset": p["offset"], "epoch": result["epoch"]}
+        await pumping
+        assert got == list(range(total)), [
+            (i, v) for i, v in enumerate(got) if v != i][:5]
+        assert reconnects >= 5
+        assert await c.quiet(0.3) == []
+        await c.close()
+    finally:
+        push.close(linger=0)
+        ctx.term()
