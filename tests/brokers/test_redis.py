@@ -323,3 +323,19 @@ def test_readyz_and_health_report_the_broker(redis_server):
         assert status == 200 and body["ready"] is True and body["broker"] == "redis"
     finally:
         stop_node(gw)
+
+
+@run(60)
+async def test_quiet_channel_gap_is_filled_after_a_cut(redis_server, redis_nodes):
+    """A channel that had no publication yet when a node's pub/sub connection was cut:
+    what is published before the node is back is filled from the stream too."""
+    a, b, _c = redis_nodes
+    channel = unique("quiet")
+    sub = await Client.connect(a)
+    await sub.ok("subscribe", channel=channel)
+    redis_server.client().client_kill_filter(_type="pubsub")
+    for i in range(3):
+        await api_ok(b, "publish", channel=channel, data=i)
+    assert [m["data"] for m in await sub.messages(3)] == [0, 1, 2]
+    assert await sub.quiet(0.3) == []
+    await sub.close()

@@ -150,6 +150,9 @@ class NatsBroker(Broker):
         self._pending: dict[str, collections.deque[asyncio.Future]] = {}
         self._sub_ops: asyncio.Queue[tuple[str, str, asyncio.Future | None]] = asyncio.Queue()
         self._last: dict[str, tuple[int, str, int]] = {}
+        self._floor: dict[str, tuple[int, str, int]] = {}
+        """Per channel, the position its first history read here found: where to fill a
+        gap from after a reconnect when nothing was delivered yet."""
         self._catching: dict[str, list[tuple[Publication, int]]] = {}
         self._chains: dict[str, asyncio.Future] = {}
         self._heads: collections.OrderedDict[str, _Head] = collections.OrderedDict()
@@ -226,8 +229,9 @@ class NatsBroker(Broker):
         log.info("reconnected to NATS at %s", self.nc.connected_url.netloc if self.nc else "?")
         self._streams.clear()  # a restarted server may have lost them
         self.kv = None
-        for channel, last in list(self._last.items()):
-            if channel in self._interest and channel not in self._catching:
+        for channel in list(self._interest):
+            last = self._last.get(channel) or self._floor.get(channel)
+            if last is not None and channel not in self._catching:
                 self._catch_up(channel, last)
 
     async def _error(self, exc: Exception) -> None:
@@ -269,6 +273,7 @@ class NatsBroker(Broker):
         elif channel in self._interest:
             self._interest.discard(channel)
             self._last.pop(channel, None)
+            self._floor.pop(channel, None)
             self._catching.pop(channel, None)
             self._known.pop(channel, None)
             self._queue_sub("unsubscribe", channel)
@@ -389,8 +394,20 @@ class NatsBroker(Broker):
             live = self._catching.pop(channel, [])
             log.info("channel %s: %d publication(s) after offset %d read from history, %d live",
                      channel, len(missed), since[0], len(live))
-            for pub, seq in missed + sorted(live, key=lambda item: item[0].offset):
+            before = self._last.get(channel)
+            for pub, seq in missed:
                 self._deliver(pub, seq, detect_gaps=False)
+            # Live ones with gap detection: one published later may have overtaken one
+            # stored after the walk (fan-out messages of different nodes race), and then a
+            # new catch-up takes the rest. A catch-up that found nothing accepts the gap
+            # (the history no longer has it), so this ends.
+            progress = self._last.get(channel) != before
+            pending = sorted(live, key=lambda item: item[0].offset)
+            for i, (pub, seq) in enumerate(pending):
+                self._deliver(pub, seq, detect_gaps=progress or i > 0)
+                if channel in self._catching:
+                    self._catching[channel].extend(pending[i + 1:])
+                    break
 
         _spawn(run())
 
@@ -560,6 +577,8 @@ class NatsBroker(Broker):
         try:
             stream, subject, head = await self._position(channel, policy)
             position = StreamPosition(head[1], head[2])
+            if channel in self._interest and channel not in self._floor:
+                self._floor[channel] = (head[1], head[2], head[0])
             wanted = policy.size and not (since is None and limit == 0) and not (
                 since is not None and (since.epoch != head[2] or since.offset >= head[1]))
             items = await self._walk(stream, subject, channel, 0, head[0]) if wanted else []

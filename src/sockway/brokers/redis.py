@@ -331,6 +331,9 @@ class RedisBroker(Broker):
         self._sub_ops: collections.deque[tuple[str, str]] = collections.deque()
         self._sub_wakeup = asyncio.Event()
         self._last: dict[str, tuple[int, str]] = {}
+        self._floor: dict[str, tuple[int, str]] = {}
+        """Per channel, the position its first history read here found: where to fill a
+        gap from when nothing was delivered yet (it drops nothing as a duplicate)."""
         self._catching: dict[str, list[Publication]] = {}
         self._writes: collections.deque[_Write] = collections.deque()
         self._write_wakeup = asyncio.Event()
@@ -528,7 +531,7 @@ class RedisBroker(Broker):
                         del self._pending[channel]
                     if not future.done():
                         future.set_result(None)
-                last = self._last.get(channel)
+                last = self._last.get(channel) or self._floor.get(channel)
                 if last is not None and channel in self._interest and channel not in self._catching:
                     # Resubscribed after a lost connection: fill what was missed meanwhile.
                     self._catch_up(channel, last)
@@ -596,8 +599,18 @@ class RedisBroker(Broker):
             live = self._catching.pop(channel, [])
             log.info("channel %s: %d publication(s) missed after offset %d (epoch %s) filled "
                      "from history, %d live", channel, len(missed), since[0], since[1], len(live))
-            for pub in missed + sorted(live, key=lambda p: p.offset):
+            before = self._last.get(channel)
+            for pub in missed:
                 self._deliver(pub, detect_gaps=False)
+            # Live ones with gap detection (a catch-up that found nothing accepts the gap:
+            # the stream no longer has it, so this ends).
+            progress = self._last.get(channel) != before
+            pending = sorted(live, key=lambda p: p.offset)
+            for i, pub in enumerate(pending):
+                self._deliver(pub, detect_gaps=progress or i > 0)
+                if channel in self._catching:
+                    self._catching[channel].extend(pending[i + 1:])
+                    break
 
         _spawn(run())
 
@@ -627,6 +640,7 @@ class RedisBroker(Broker):
             return None
         self._interest.discard(channel)
         self._last.pop(channel, None)
+        self._floor.pop(channel, None)
         self._catching.pop(channel, None)
         self._queue_sub("unsubscribe", channel)
         return None
@@ -644,7 +658,10 @@ class RedisBroker(Broker):
         epoch = new_epoch() if channel in self._interest else ""
         offset, epoch, entries = await self._eval(
             _SCRIPTS["history"], self._keys(channel), [epoch, mode, arg, self.meta_ttl_ms], retry=True)
-        return int(offset), _text(epoch), entries
+        offset, epoch = int(offset), _text(epoch)
+        if channel in self._interest and channel not in self._floor:
+            self._floor[channel] = (offset, epoch)
+        return offset, epoch, entries
 
     def history(self, channel: str, policy: HistoryPolicy, since: StreamPosition | None = None,
                 limit: int | None = None) -> Awaitable[HistoryResult]:
