@@ -255,7 +255,10 @@ class XhrSession:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
-            await self.poll(remaining + 1)
+            # A poll cut short by the client closes the session (sockjs-protocol
+            # "Connection interrupted"): let it end on its own, with data or the
+            # server's heartbeat, so use endpoints with a short heartbeat_delay.
+            await self.poll(max(remaining, 0) + 30)
         return self.queue.popleft()
 
     async def close(self) -> None:

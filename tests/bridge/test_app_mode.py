@@ -25,6 +25,7 @@ from realtime import (
     SockJSWS,
     XhrSession,
     ZmqWorker,
+    eventually,
     health,
     run,
     zmq_address,
@@ -268,14 +269,33 @@ async def _xpub(ctx: zmq.asyncio.Context, address: str) -> zmq.asyncio.Socket:
     return pub
 
 
-@pytest.mark.parametrize("kind", ["sub", "pull"])
+async def _pub(ctx: zmq.asyncio.Context, address: str, api: Api) -> zmq.asyncio.Socket:
+    """A plain PUB socket, as in the talk, that waits for its connection by sending a
+    probe until the gateway has seen one."""
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 1000)
+    pub.connect(address)
+    probe = f"zprobe{tag()}"
+
+    async def arrived() -> bool:
+        await pub.send(json.dumps({"op": "publish", "channel": probe, "data": 1}).encode())
+        return (await api("history", channel=probe, limit=0))["offset"] > 0
+
+    await eventually(arrived, timeout=5, interval=0.02)
+    return pub
+
+
+@pytest.mark.parametrize("kind", ["xpub", "pub", "pull"])
 @run()
 async def test_zeromq_commands(gw, worker, kind):
     marker = tag()
     ctx = zmq.asyncio.Context()
     try:
-        if kind == "sub":
+        if kind == "xpub":
             sock = await _xpub(ctx, gw.zmq["sub"])
+        elif kind == "pub":
+            async with aiohttp.ClientSession() as http:
+                sock = await _pub(ctx, gw.zmq["sub"], Api(http, gw))
         else:
             sock = ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.LINGER, 1000)

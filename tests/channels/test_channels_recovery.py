@@ -17,7 +17,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from realtime import KEY, Api, ChannelsClient, RawWS, SockJSWS, eventually, run, zmq_address
+from realtime import KEY, Api, ChannelsClient, RawWS, SockJSWS, XhrSession, eventually, run, zmq_address
 from support import config_gateway
 
 _names = itertools.count(1)
@@ -40,6 +40,11 @@ pull = "{pull}"
 [[endpoint]]
 prefix = "/ch"
 mode = "channels"
+
+[[endpoint]]
+prefix = "/chx"
+mode = "channels"
+heartbeat_delay = 0.5
 
 [[endpoint]]
 prefix = "/chat"
@@ -356,3 +361,31 @@ async def test_recovery_under_load(gw, sockjs):
     finally:
         push.close(linger=0)
         ctx.term()
+
+
+@run(timeout=60)
+async def test_channels_over_xhr_polling(gw):
+    """The channels protocol over SockJS xhr-polling (plain HTTP requests): commands,
+    publications, a close by the application, and recovery in a new session."""
+    channel = f"xhr{next(_names)}"
+    async with aiohttp.ClientSession() as http:
+        api = Api(http, gw)
+        c = ChannelsClient(await XhrSession(http, gw.url + "/chx").open())
+        c.welcome = await c.next("connected")
+        assert await c.ok("ping") == {"pong": True}
+        sub = await c.ok("subscribe", channel=channel)
+        await c.ok("publish", channel=channel, data="from xhr")
+        await api("publish", channel=channel, data="from the app")
+        got = await c.messages(2)
+        assert [m["data"] for m in got] == ["from xhr", "from the app"]
+        assert got[-1]["offset"] == sub["offset"] + 2
+        await api("close", conn=c.conn, code=4000, reason="later")
+        closed = await c.closed()
+        assert (closed.code, closed.reason) == (4000, "later")
+        for i in range(3):
+            await api("publish", channel=channel, data=i)
+        c = ChannelsClient(await XhrSession(http, gw.url + "/chx").open())
+        await c.next("connected")
+        result = await c.ok("subscribe", channel=channel,
+                            since={"offset": got[-1]["offset"], "epoch": got[-1]["epoch"]})
+        assert result["recovered"] is True and [p["data"] for p in result["publications"]] == [0, 1, 2]
