@@ -15,7 +15,19 @@ import jwt
 import pytest
 import websockets
 
-from realtime import KEY, SECRET, Api, ChannelsClient, Closed, SockJSWS, Tokens, ZmqWorker, run, zmq_address
+from realtime import (
+    KEY,
+    SECRET,
+    Api,
+    ChannelsClient,
+    Closed,
+    SockJSWS,
+    Tokens,
+    ZmqWorker,
+    eventually,
+    run,
+    zmq_address,
+)
 from support import config_gateway
 
 AUTH_TIMEOUT = 1.0
@@ -502,3 +514,29 @@ async def test_history_with_limit(gw):
         await c.ok("subscribe", channel="quiet:h")
         assert await c.error("history", channel="quiet:h") == "not_enabled"
         await c.close()
+
+
+@run(timeout=60)
+async def test_subscriptions_per_client_are_bounded(gw):
+    async with aiohttp.ClientSession() as http:
+        api = Api(http, gw)
+        before = (await api.stats())["broker"]["channels"]
+        c = await connect(gw)
+        for i in range(1030):
+            await c.send({"op": "subscribe", "channel": f"many:{i}", "id": i})
+        replies = {}
+        while len(replies) < 1030:
+            reply = await c.next("reply")
+            replies[reply["id"]] = reply
+        assert all("result" in replies[i] for i in range(1024))
+        assert {replies[i]["error"]["code"] for i in range(1024, 1030)} == {"too_many_channels"}
+        # Unsubscribing makes room; the application may subscribe beyond the bound.
+        await c.ok("unsubscribe", channel="many:0")
+        await c.ok("subscribe", channel="many:extra")
+        assert (await api("subscribe", conn=c.conn, channel="many:by-app"))["channel"] == "many:by-app"
+        await c.close()
+
+        async def back_to_before() -> bool:
+            return (await api.stats())["broker"]["channels"] <= before
+
+        await eventually(back_to_before)

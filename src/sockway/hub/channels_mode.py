@@ -61,6 +61,11 @@ __all__ = ["ChannelsMode"]
 log = logging.getLogger("sockway.channels")
 
 MAX_COMMAND = 1 << 20
+MAX_SUBSCRIPTIONS = 1024
+"""Channels one client may subscribe itself to (the application's ``subscribe``
+command is not counted against it). Each subscription costs about 1 KiB (the
+connection's entry, the local channel and its group, the broker's stream): without a
+bound one anonymous client could subscribe to millions of made-up channels."""
 
 
 def _reply(conn: Connection, request_id: Any, result: dict | None = None,
@@ -202,6 +207,9 @@ class ChannelsMode(Mode):
         since = parse_position(cmd.get("since"))
         if self.hub.channels.is_subscribed(conn, channel):
             raise CommandError("already_subscribed", f"already subscribed to {channel!r}")
+        if conn.channels is not None and len(conn.channels) >= MAX_SUBSCRIPTIONS:
+            raise CommandError("too_many_channels",
+                               f"a client may subscribe to at most {MAX_SUBSCRIPTIONS} channels")
 
         def go() -> None:
             # Checked again: an application's answer comes later, maybe after another
