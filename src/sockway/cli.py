@@ -189,7 +189,19 @@ def _run_workers(workers: int, raw_argv: list[str]) -> int:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
 
-    procs = [subprocess.Popen(command) for _ in range(workers)]
+    def die_with_parent() -> None:
+        """Linux: a worker gets SIGTERM if the parent dies (even by SIGKILL)."""
+        try:
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except Exception:
+            pass
+
+    def spawn() -> subprocess.Popen:
+        return subprocess.Popen(command, preexec_fn=die_with_parent)  # the parent runs no threads
+
+    procs = [spawn() for _ in range(workers)]
     started = [time.monotonic()] * workers
     failed = False
     signal.signal(signal.SIGTERM, stop)
@@ -207,7 +219,7 @@ def _run_workers(workers: int, raw_argv: list[str]) -> int:
                 stop(signal.SIGTERM, None)
                 break
             log.warning("worker %d exited with %s; restarting it", proc.pid, proc.returncode)
-            procs[i] = subprocess.Popen(command)
+            procs[i] = spawn()
             started[i] = time.monotonic()
         time.sleep(0.2)
 

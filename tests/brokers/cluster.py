@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import importlib.util
 import itertools
 import json
 import os
@@ -25,10 +26,11 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
-from support import ROOT, GatewayProcess, free_port, require_program
+from support import IN_CI, ROOT, GatewayProcess, free_port, require_program
 
 T = 5.0
 KEY = "broker-test-key"
@@ -130,12 +132,25 @@ class NatsServer(_Server):
         shutil.rmtree(self.store, ignore_errors=True)
 
 
+PACKAGES = {"redis": "pip install 'redis[hiredis]>=5'", "nats": "pip install nats-py"}
+
+
+def require_module(name: str) -> None:
+    """Skip (fail under CI=true) when an engine's client library is not installed."""
+    if importlib.util.find_spec(name) is None:
+        message = f"the Python package {name!r} is not installed: {PACKAGES[name]}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 @contextlib.contextmanager
 def broker_server(kind: str) -> Iterator[_Server | None]:
     """A fresh broker of ``kind`` ("redis", "nats") for the block; None for "memory"."""
     if kind == "memory":
         yield None
         return
+    require_module(kind)
     server: _Server = RedisServer() if kind == "redis" else NatsServer()
     server.start()
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from cluster import broker_server, nodes
+from cluster import broker_server, nodes, require_module
 
 from support import GatewayProcess
 
@@ -17,12 +17,14 @@ NETWORK_ENGINES = ["redis", "nats"]
 
 @pytest.fixture(scope="module")
 def redis_server():
+    require_module("redis")
     with broker_server("redis") as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def nats_server():
+    require_module("nats")
     with broker_server("nats") as server:
         yield server
 

@@ -13,7 +13,17 @@ import sys
 import time
 
 import pytest
-from cluster import Client, NatsServer, api_ok, eventually, nodes, start_node, stop_node, wait_status
+from cluster import (
+    Client,
+    NatsServer,
+    api_ok,
+    eventually,
+    nodes,
+    require_module,
+    start_node,
+    stop_node,
+    wait_status,
+)
 from realtime_run import run
 from test_redis import Publisher, received_until
 
@@ -28,6 +38,7 @@ def unique(name: str) -> str:
 
 @pytest.fixture
 def own_nats():
+    require_module("nats")
     server = NatsServer()
     server.start()
     try:
