@@ -208,6 +208,9 @@ async def test_http_commands(gw, worker):
         pub = await api("publish", channel="news", data={"title": "t"})
         assert pub == {"channel": "news", "offset": sub["offset"] + 1, "epoch": sub["epoch"]}
         assert await ws.recv_text() == '{"title":"t"}'
+        # Subscribing again changes nothing and tells the channel's position.
+        again = await api("subscribe", conn=conn, channel="news")
+        assert again == {"channel": "news", "offset": pub["offset"], "epoch": pub["epoch"], "recovered": True}
         # presence and history
         presence = await api("presence", channel="news")
         assert presence == {"channel": "news", "clients": {conn: {"conn": conn, "user": None}}}

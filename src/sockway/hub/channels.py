@@ -179,10 +179,12 @@ class ChannelHub:
         if conn.channels is None:
             conn.channels = set()
         if channel in conn.channels:
-            result = SubscribeResult(channel, StreamPosition(0, ""), since is None, [])
-            if ready is not None:
-                ready(result)
-            return result
+            # Already subscribed: it receives everything live, so nothing is missing;
+            # the answer carries the channel's current position.
+            current = self.broker.history(channel, self.policy(channel), None, 0)
+            if inspect.isawaitable(current):
+                return self._already_async(channel, current, ready)
+            return self._already(channel, current, ready)
         conn.channels.add(channel)
         self.formats[conn.id] = fmt
         self.connections[conn.id] = conn
@@ -204,6 +206,17 @@ class ChannelHub:
         if inspect.isawaitable(history):
             return self._finish_async(conn, local, fmt, since, want_history, history, ready)
         return self._finish(conn, local, fmt, since, want_history, history, ready)
+
+    @staticmethod
+    def _already(channel: str, current: HistoryResult,
+                 ready: Callable[[SubscribeResult], None] | None) -> SubscribeResult:
+        result = SubscribeResult(channel, current.position, True, [])
+        if ready is not None:
+            ready(result)
+        return result
+
+    async def _already_async(self, channel, current, ready) -> SubscribeResult:
+        return self._already(channel, await current, ready)
 
     async def _finish_async(self, conn, local, fmt, since, want_history, history,
                             ready) -> SubscribeResult:
