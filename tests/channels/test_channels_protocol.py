@@ -23,6 +23,7 @@ from realtime import (
     Closed,
     SockJSWS,
     Tokens,
+    XhrSession,
     ZmqWorker,
     eventually,
     run,
@@ -376,6 +377,15 @@ async def test_bad_tokens_refused(gw, tokens):
         reply = await c.request("auth", token=token)
         assert reply["error"]["code"] == "unauthorized", (name, reply)
         assert (await c.closed()).code == 4001
+    # SockJS over plain HTTP (xhr-polling): the session opens, then closes with 4001.
+    async with aiohttp.ClientSession() as http:
+        for token in (tokens.hs(ttl=-60), "garbage"):
+            session = await XhrSession(http, gw.url + "/ch").open(f"token={token}")
+            with pytest.raises(Closed) as closed:
+                await session.recv_text()
+            assert closed.value.code == 4001
+        session = await XhrSession(http, gw.url + "/private").open(f"token={tokens.hs('gina')}")
+        assert json.loads(await session.recv_text())["user"] == "gina"
 
 
 @pytest.mark.parametrize("sockjs", TRANSPORTS)
