@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import os
+import signal
 
 import aiohttp
 import pytest
@@ -587,3 +588,41 @@ async def test_nothing_after_close(gw, worker):
     close = await worker.event(match=lambda e: e.get("conn") == opened["conn"])
     assert (close["type"], close["code"], close["seq"]) == ("close", 4000, 3), close
     writer.close()
+
+
+@run(timeout=60)
+async def test_close_events_on_shutdown():
+    """SIGTERM: every client is closed with 1001 and the application receives every
+    close event before the gateway exits."""
+    push = zmq_address()
+    config = f"""
+[server]
+shutdown_timeout = 3
+
+[zeromq]
+push = "{push}"
+
+[[endpoint]]
+prefix = "/app"
+mode = "app"
+"""
+    with config_gateway(config) as gw:
+        worker = ZmqWorker(push)
+        try:
+            clients = [await RawWS.connect(gw.ws_url + "/app/websocket") for _ in range(5)]
+            clients += [await SockJSWS.connect(gw.ws_url + "/app") for _ in range(3)]
+            opened = {(await worker.event())["conn"] for _ in range(8)}
+            gw.proc.send_signal(signal.SIGTERM)
+            closes = {}
+            while len(closes) < 8:
+                event = await worker.event(timeout=6)
+                assert event["type"] == "close", event
+                closes[event["conn"]] = event["code"]
+            assert set(closes) == opened and set(closes.values()) == {1001}
+            for client in clients:
+                with pytest.raises(Closed) as closed:
+                    await client.recv_text()
+                assert closed.value.code == 1001
+            assert gw.proc.wait(10) == 0
+        finally:
+            worker.close()

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from realtime import KEY, Api, RawWS, SockJSWS, eventually, health, run
+from realtime import KEY, Api, Closed, RawWS, SockJSWS, eventually, health, run
 from support import config_gateway, free_port
 
 SECRET = "webhook-signing-secret"
@@ -82,6 +82,12 @@ key = "{KEY}"
 [[endpoint]]
 prefix = "/app"
 mode = "app"
+
+[[endpoint]]
+prefix = "/held"
+mode = "app"
+app_accept = true
+auth_timeout = 3
 """
 
 
@@ -273,3 +279,38 @@ async def test_timeout_is_retried(gw):
         for e in (e for r in app.requests for e in r["events"]):
             seen.setdefault(e["id"], e)
         assert messages_of(list(seen.values())) == ["patience"]
+
+
+@run(timeout=60)
+async def test_webhook_accepts_held_connections(gw):
+    """app_accept with no queue at all: the webhook's answer to the open event accepts
+    the connection (or closes it), and the messages sent meanwhile follow."""
+
+    async def gatekeeper(record: dict, events: list[dict]):
+        commands = []
+        for e in events:
+            if e["type"] == "open" and e["endpoint"] == "/held":
+                if "user=mallory" in e["request"]["query"]:
+                    commands.append({"op": "close", "conn": e["conn"], "code": 4003, "reason": "no"})
+                else:
+                    user = e["request"]["query"].partition("user=")[2]
+                    commands += [{"op": "accept", "conn": e["conn"], "user": user},
+                                 {"op": "send", "conn": e["conn"], "data": f"welcome {user}"}]
+        return 200, {"commands": commands}
+
+    async with app_server(gw.app_port) as app:
+        app.behaviour = gatekeeper
+        ws = await RawWS.connect(gw.ws_url + "/held/websocket?user=ann")
+        await ws.send_text("sent before being accepted")
+        assert await ws.recv_text() == "welcome ann"
+        await ws.send_text("after")
+        refused = await RawWS.connect(gw.ws_url + "/held/websocket?user=mallory")
+        with pytest.raises(Closed) as closed:
+            await refused.recv_text()
+        assert (closed.value.code, closed.value.reason) == (4003, "no")
+        await ws.close()
+        await eventually(lambda: sum(e["type"] == "close" for e in app.delivered()) == 2)
+        ann = [e for e in app.delivered() if e["conn"] == app.delivered()[0]["conn"]]
+        assert [(e["type"], e.get("data"), e.get("user")) for e in ann] == [
+            ("open", None, None), ("message", "sent before being accepted", "ann"),
+            ("message", "after", "ann"), ("close", None, "ann")]
