@@ -98,15 +98,18 @@ Handler = Callable[[dict, Any], None]
 class RedisWorker:
     """Consume application events from the gateway's Redis Stream in a consumer group."""
 
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, stream: str = "sockway:events",
-                 group: str = "sockway", consumer: str | None = None, reply: Any = None,
-                 claim_idle: float = 30.0, batch: int = 100, block: float = 1.0,
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "sockway",
+                 stream: str | None = None, group: str = "sockway", consumer: str | None = None,
+                 reply: Any = None, claim_idle: float = 30.0, batch: int = 100, block: float = 1.0,
                  remember: int = 10_000) -> None:
+        """``prefix``: the gateway's (``?prefix=``); ``stream``: the events stream
+        (default ``<prefix>:events``, or what ``?events=<key>`` named); ``reply``: what
+        handlers get to answer with (default: :class:`RedisCommands` on the same Redis)."""
         self.redis = redis.Redis.from_url(url, socket_timeout=block + 10)
-        self.stream = stream
+        self.stream = stream or f"{prefix}:events"
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self.reply = reply if reply is not None else RedisCommands(url, stream.partition(":")[0] or "sockway")
+        self.reply = reply if reply is not None else RedisCommands(url, prefix)
         self.claim_idle = claim_idle
         self.batch = batch
         self.block = block
@@ -119,7 +122,7 @@ class RedisWorker:
         self.claimed = 0
         self.duplicates = 0
         try:
-            self.redis.xgroup_create(stream, group, id="0", mkstream=True)
+            self.redis.xgroup_create(self.stream, group, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
