@@ -135,6 +135,8 @@ class NatsBroker(Broker):
             else:
                 rest.append((key, value))
         self.url = urlunsplit(parts._replace(query=urlencode(rest)))
+        self.where = f"{parts.hostname}:{parts.port or 4222}"
+        """Host and port, without credentials: what logs and stats show."""
         self.prefix = self.options["prefix"]
         self.upper = re.sub(r"[^A-Za-z0-9]", "_", self.prefix).upper()
         self.presence_ttl = float(self.options["presence_ttl"])
@@ -144,6 +146,7 @@ class NatsBroker(Broker):
         self.js: Any = None
         self.kv: Any = None
         self._tasks: list[asyncio.Task] = []
+        self._stopping = False
         self._connected_once = asyncio.Event()
         self._interest: set[str] = set()
         self._subs: dict[str, Any] = {}
@@ -187,7 +190,7 @@ class NatsBroker(Broker):
         try:
             await asyncio.wait_for(self._connected_once.wait(), float(self.options["connect_timeout"]) + 1)
         except TimeoutError:
-            log.warning("NATS at %s is not reachable; starting not ready, retrying", self.url)
+            log.warning("NATS at %s is not reachable; starting not ready, retrying", self.where)
 
     async def _connect_loop(self) -> None:
         backoff = 0.1
@@ -217,16 +220,18 @@ class NatsBroker(Broker):
                 await nc.flush(timeout=self.timeout)
             except Exception as exc:
                 log.warning("NATS setup failed: %s", exc)
-            log.info("connected to NATS at %s (node %s)", self.url, self.node_id)
+            log.info("connected to NATS at %s (node %s)", self.where, self.node_id)
             self._connected_once.set()
 
     async def _disconnected(self) -> None:
+        if self._stopping:
+            return
         self.stats["disconnects"] += 1
         log.warning("NATS connection lost; reconnecting")
 
     async def _reconnected(self) -> None:
         self.stats["reconnects"] += 1
-        log.info("reconnected to NATS at %s", self.nc.connected_url.netloc if self.nc else "?")
+        log.info("reconnected to NATS at %s", self.where)
         self._streams.clear()  # a restarted server may have lost them
         self.kv = None
         for channel in list(self._interest):
@@ -238,6 +243,7 @@ class NatsBroker(Broker):
         log.debug("NATS: %s", exc)
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -254,7 +260,7 @@ class NatsBroker(Broker):
         return self.nc is not None and self.nc.is_connected
 
     def describe(self) -> dict:
-        return {"engine": self.name, "ready": self.ready, "nats": self.url, "node": self.node_id,
+        return {"engine": self.name, "ready": self.ready, "nats": self.where, "node": self.node_id,
                 "channels": len(self._interest), **dict(self.stats)}
 
     def _check(self) -> None:
