@@ -95,9 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _tools() -> dict:
     """The debugging tools, each a module with add_parser(sub) and run(args)."""
-    from sockway.tools import cat, publish, tail
+    from sockway.tools import cat, publish, tail, trace
 
-    return {"cat": cat, "publish": publish, "tail": tail}
+    return {"cat": cat, "publish": publish, "tail": tail, "trace": trace}
 
 
 def _setup_logging(level: str) -> None:

@@ -22,7 +22,10 @@ HAVE_ORJSON = _orjson is not None
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
     """Parse JSON. Falls back to the standard library for what orjson refuses but
-    JSON allows, such as lone surrogate escapes (``"\\ud800"``) that browsers send."""
+    JSON allows, such as lone surrogate escapes (``"\\ud800"``) that browsers send.
+
+    Raises ValueError for anything that is not JSON, including documents nested too
+    deeply to parse (which would otherwise surface as RecursionError)."""
     if _orjson is not None:
         try:
             return _orjson.loads(data)
@@ -30,7 +33,10 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
             pass
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = bytes(data).decode("utf-8")
-    return json.loads(data)
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def dumps(obj: Any) -> bytes:

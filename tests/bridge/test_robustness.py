@@ -366,15 +366,13 @@ rate_limit = 10
             assert (await health(http, gw))["status"] == "ok"
 
 
-# -- known problems (strict xfail: they fail loudly once fixed) ---------------------------------
+# -- deeply nested JSON ------------------------------------------------------------------------
 
 
 DEEP_FRAMES = [[b'{"op":"publish","channel":"x","data":' + _deep(5000) + b"}"], [_deep(100000)],
                [b"x", _deep(100000)]]
 
 
-@pytest.mark.xfail(strict=True, reason="bridge/zeromq.py _value() lets the RecursionError of "
-                   "jsonutil.loads through: logged as 'message failed' with a traceback")
 @run(timeout=30)
 async def test_zeromq_deep_json_refused_cleanly(gw):
     """JSON nested deeper than the parser's limit is refused like any other bad

@@ -319,8 +319,6 @@ async def test_webhook_accepts_held_connections(gw):
 
 
 
-@pytest.mark.xfail(strict=True, reason="bridge/webhooks.py: the RecursionError of jsonutil.loads in "
-                   "_run_commands escapes _deliver and ends the sender task: no webhook is sent again")
 @run(timeout=60)
 async def test_deeply_nested_response_does_not_stop_webhooks(gw):
     """A response body nested too deeply to parse is ignored like any body that is not

@@ -89,6 +89,7 @@ class FakeEndpoint:
         self.config = EndpointConfig("/t")
         self.messages: list = []
         self.closes: list = []
+        self.bytes_in = self.bytes_out = 0
 
     def opened(self, conn) -> None:
         pass

@@ -35,6 +35,8 @@ down: ``unavailable`` (503).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sockway import closecodes
@@ -147,6 +149,8 @@ class Commands:
         self.hub = hub
         self.executed = 0
         self.failed = 0
+        self.observe: Callable[[float], None] | None = None
+        """Called with each command's duration (the metrics histogram)."""
         self.forwarded = 0
         hub.broker.node_id = hub.node_id
         hub.broker.on_command = self.run_remote
@@ -161,6 +165,7 @@ class Commands:
     async def execute(self, cmd: Any, *, forwarded: bool = False) -> dict:
         """Run one command; returns its result (a JSON object). ``forwarded``: it came
         from another node, so it runs here and is never forwarded again."""
+        started = time.perf_counter()
         try:
             try:
                 result = await self._execute(cmd, forwarded)
@@ -169,6 +174,9 @@ class Commands:
         except CommandError:
             self.failed += 1
             raise
+        finally:
+            if self.observe is not None:
+                self.observe(time.perf_counter() - started)
         self.executed += 1
         return result
 

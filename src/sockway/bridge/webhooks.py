@@ -99,7 +99,10 @@ class WebhookSender:
                 async with self.session.post(self.config.url, data=body, headers=headers) as response:
                     text = await response.read()
                     if 200 <= response.status < 300:
-                        await self._run_commands(text)
+                        try:
+                            await self._run_commands(text)
+                        except Exception:  # a broken response must not stop the sender
+                            log.exception("webhook %s: running the response's commands failed", self.config.url)
                         return True
                     self.last_error = f"HTTP {response.status}"
                     if response.status != 429 and response.status < 500:

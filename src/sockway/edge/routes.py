@@ -27,6 +27,7 @@ from sockway.edge.sockjs_http import (
 from sockway.edge.upgrade import Detached, accept_websocket, detach
 from sockway.edge.websocket import RawWebSocket, SockJSWebSocket
 from sockway.hub.connection import ConnectionInfo
+from sockway.hub.trace import TRACER
 from sockway.sockjs.frames import CALLBACK_RE, info_body
 from sockway.sockjs.payload import PayloadError, decode_messages
 from sockway.sockjs.urls import parse_path
@@ -257,6 +258,13 @@ class EndpointRoutes:
         return await run_streaming(session, request, response, streaming)
 
     async def send(self, request: web.Request, session_id: str, transport: str):
+        response = await self._send(request, session_id, transport)
+        if transport == "xhr_send":
+            # On errors too: a cross-origin client otherwise sees status 0, not the error.
+            h.cors_headers(request, response.headers)
+        return response
+
+    async def _send(self, request: web.Request, session_id: str, transport: str):
         session = self.registry.get(session_id)
         if session is None or session.core.closed:
             return h.empty_response(404)
@@ -269,6 +277,8 @@ class EndpointRoutes:
         if transport == "jsonp_send" and request.content_type == "application/x-www-form-urlencoded":
             form = await _parse_form(body)
             body = form.get("d", "").encode("utf-8")
+        if TRACER.active:
+            TRACER.sockjs(session, "in", body)
         try:
             messages = decode_messages(body)
         except PayloadError as exc:
@@ -282,7 +292,6 @@ class EndpointRoutes:
             received(session, message)
         if transport == "xhr_send":
             response = web.Response(status=204, content_type="text/plain", charset="UTF-8")
-            h.cors_headers(request, response.headers)
         else:
             response = h.text_response(200, "ok")
         self._session_headers(request, response.headers)

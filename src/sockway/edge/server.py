@@ -16,12 +16,14 @@ from aiohttp import web
 from sockway.bridge.http_api import add_api_routes
 from sockway.brokers import create_broker
 from sockway.config import ServerConfig
+from sockway.edge.admin import add_admin_routes
 from sockway.edge.routes import EndpointRoutes
 from sockway.edge.security import ProxyPolicy
 from sockway.edge.sniffer import FirstRequestSniffer
 from sockway.hub.endpoint import Endpoint
 from sockway.hub.hub import Hub
 from sockway.hub.modes import create_mode
+from sockway.metrics import Metrics
 
 __all__ = ["Gateway", "find_sockjs_client", "run"]
 
@@ -67,7 +69,9 @@ class Gateway:
                                     allowed_origins=config.allowed_origins, proxies=self.proxies)
             self.routes[endpoint_config.prefix] = routes
             self.app.router.add_route("*", endpoint_config.prefix + "{tail:(/.*)?}", routes)
-        self._add_static_routes()
+        self.metrics = Metrics(self.hub)
+        self.hub.commands.observe = self.metrics.command_latency.observe
+        self.admin = add_admin_routes(self.app, self)
         self.bridges: list = []
         if config.api.key:
             add_api_routes(self.app, self.hub, config.api.key)
@@ -85,6 +89,8 @@ class Gateway:
             from sockway.bridge.tunnel import TcpTunnel
 
             self.bridges.extend(TcpTunnel(self.hub, tunnel) for tunnel in config.tunnels)
+        # Last: a static directory at "/" would otherwise shadow every route after it.
+        self._add_static_routes()
 
     def _add_static_routes(self) -> None:
         client = find_sockjs_client(self.config.sockjs_client)

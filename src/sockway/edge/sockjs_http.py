@@ -21,6 +21,7 @@ from aiohttp import web
 from sockway import closecodes
 from sockway.hub.connection import Connection, ConnectionInfo
 from sockway.hub.message import SOCKJS
+from sockway.hub.trace import TRACER
 from sockway.sockjs.frames import (
     EVENTSOURCE_PRELUDE,
     HEARTBEAT,
@@ -281,7 +282,11 @@ async def run_polling(session: HttpSession, request: web.BaseRequest, response: 
             frame = HEARTBEAT
         session.detach_receiver(receiver)
     session.core.sent(session.registry.loop.time())
-    response.body = wrap(frame)
+    if TRACER.active:
+        TRACER.sockjs(session, "out", frame)
+    body = wrap(frame)
+    session.endpoint.bytes_out += len(body)
+    response.body = body
     return response
 
 
@@ -309,9 +314,12 @@ async def run_streaming(session: HttpSession, request: web.BaseRequest,
         while True:
             done = result.release
             for frame in frames:
+                if TRACER.active:
+                    TRACER.sockjs(session, "out", frame)
                 data = transport.wrap(frame)
                 await response.write(data)
                 sent += len(data)
+                session.endpoint.bytes_out += len(data)
                 if frame[:1] == b"c":
                     done = True
             if frames:

@@ -41,6 +41,7 @@ from websockets.server import ServerProtocol
 from sockway import closecodes
 from sockway.hub.connection import Connection, ConnectionInfo
 from sockway.hub.message import SOCKJS, ws_key
+from sockway.hub.trace import TRACER
 from sockway.sockjs.frames import HEARTBEAT, OPEN, close_frame, messages_frame
 from sockway.sockjs.payload import PayloadError, decode_messages
 from sockway.ws.frames import OP_TEXT, deflate_payload, frame, frame_header
@@ -146,8 +147,13 @@ class WebSocketConnection(Connection, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         ws = self._ws
         ws.receive_data(data)
-        self.last_recv = self.endpoint.hub.loop.time()
+        endpoint = self.endpoint
+        endpoint.bytes_in += len(data)
+        self.last_recv = endpoint.hub.loop.time()
+        tracing = TRACER.active
         for event in ws.events_received():
+            if tracing:
+                TRACER.ws_frame_in(self, event)
             opcode = event.opcode
             if opcode is _TEXT or opcode is _BINARY:
                 if event.fin:
@@ -259,8 +265,12 @@ class WebSocketConnection(Connection, asyncio.Protocol):
         if self._closing:
             return
         transport = self._transport
-        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        transport.write(data)
         self._backlog = transport.get_write_buffer_size()
+        self.endpoint.bytes_out += len(data)
+        if TRACER.active:
+            TRACER.ws_bytes_out(self, data, self.wbits)
 
     def _write_protocol_output(self) -> None:
         """Write what the protocol produced (pong, close) after our queued data.
@@ -275,6 +285,8 @@ class WebSocketConnection(Connection, asyncio.Protocol):
                 if self._pending:
                     self._flush_pending_now()
                 transport.write(data)
+                if TRACER.active:
+                    TRACER.ws_bytes_out(self, data, self.wbits)
             else:  # SEND_EOF: the closing handshake is complete (server side)
                 self._closing = True
                 transport.close()
@@ -286,8 +298,12 @@ class WebSocketConnection(Connection, asyncio.Protocol):
         self._pending = []
         self._pending_bytes = 0
         if not self._closing:
-            self._transport.write(b"".join(pending))
+            data = b"".join(pending)
+            self._transport.write(data)
             self._backlog = self._transport.get_write_buffer_size()
+            self.endpoint.bytes_out += len(data)
+            if TRACER.active:
+                TRACER.ws_bytes_out(self, data, self.wbits)
 
     # -- closing ------------------------------------------------------------------------
 
@@ -396,7 +412,7 @@ class SockJSWebSocket(WebSocketConnection):
 
     def start(self, tail: bytes = b"") -> None:
         self._transport.set_protocol(self)
-        self._transport.write(frame(OP_TEXT, OPEN))
+        self._write_frame(OPEN)
         self._last_sent = self.last_recv = self.endpoint.hub.loop.time()
         self.endpoint.opened(self)
         if tail:
@@ -421,6 +437,17 @@ class SockJSWebSocket(WebSocketConnection):
         transport = self._transport
         transport.write(data)
         self._backlog = transport.get_write_buffer_size()
+        self.endpoint.bytes_out += len(data)
+        if TRACER.active:
+            TRACER.ws_bytes_out(self, data, self.wbits)
+
+    def _write_frame(self, sockjs_frame: bytes) -> None:
+        """Write a SockJS control frame (``o``, ``h``, ``c[...]``) at once."""
+        data = frame(OP_TEXT, sockjs_frame)
+        self._transport.write(data)
+        self.endpoint.bytes_out += len(data)
+        if TRACER.active:
+            TRACER.ws_bytes_out(self, data, self.wbits)
 
     def _frame(self, sockjs_frame: bytes) -> bytes:
         """One WebSocket text frame for a SockJS frame, compressed (RFC 7692 section
@@ -437,8 +464,12 @@ class SockJSWebSocket(WebSocketConnection):
         self._pending = []
         self._pending_bytes = 0
         if not self._closing:
-            self._transport.write(self._frame(messages_frame(pending)))
+            data = self._frame(messages_frame(pending))
+            self._transport.write(data)
             self._backlog = self._transport.get_write_buffer_size()
+            self.endpoint.bytes_out += len(data)
+            if TRACER.active:
+                TRACER.ws_bytes_out(self, data, self.wbits)
 
     def _dispatch(self, data: str | bytes) -> None:
         if isinstance(data, bytes):
@@ -464,7 +495,7 @@ class SockJSWebSocket(WebSocketConnection):
             return
         if self._pending:
             self._flush_pending_now()
-        self._transport.write(frame(OP_TEXT, close_frame(code, reason)))
+        self._write_frame(close_frame(code, reason))
         super().close(closecodes.websocket_code(code), reason)
         self.close_code, self.close_reason = code, reason
 
@@ -475,4 +506,4 @@ class SockJSWebSocket(WebSocketConnection):
             return
         if now - self._last_sent >= interval:
             self._last_sent = now
-            self._transport.write(frame(OP_TEXT, HEARTBEAT))
+            self._write_frame(HEARTBEAT)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sockway.brokers.base import Broker, HistoryPolicy, HistoryResult, Publication, StreamPosition
 from sockway.hub.group import Group
 from sockway.hub.message import OutMessage
+from sockway.hub.trace import TRACER
 from sockway.jsonutil import dumps_str
 
 if TYPE_CHECKING:
@@ -137,6 +138,8 @@ class ChannelHub:
 
     def _on_publication(self, pub: Publication) -> None:
         self.publications += 1
+        if TRACER.active:
+            TRACER.publication(pub)
         local = self.channels.get(pub.channel)
         if local is not None:
             self.deliveries += local.deliver(pub)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from typing import TYPE_CHECKING, ClassVar
 
 from sockway.hub.message import OutMessage
@@ -63,8 +64,8 @@ class Connection:
     queues and returns, so a slow client never delays others.
     """
 
-    __slots__ = ("auth_error", "channels", "claims", "endpoint", "event_seq", "id", "info", "remote",
-                 "user")
+    __slots__ = ("auth_error", "channels", "claims", "endpoint", "event_seq", "id", "info", "opened_at",
+                 "remote", "user")
 
     transport_name: ClassVar[str] = "?"
     encoding_key: int = 0
@@ -75,6 +76,7 @@ class Connection:
         self.remote = remote
         self.info = info
         self.user: str | None = None
+        self.opened_at = time.time()
         self.claims: dict | None = None
         """Verified token claims (or what the application said of the client)."""
         self.auth_error: str | None = None

@@ -41,6 +41,9 @@ class Endpoint:
         self.clients = Group()
         self.messages_in = 0
         self.opened_total = 0
+        self.closed_total = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
         rate = config.rate_limit
         self._rate = rate
         self._burst = float(config.rate_burst or max(1, int(rate * 2)))
@@ -108,6 +111,7 @@ class Endpoint:
         if conn not in self.clients:
             return
         self.clients.discard(conn)
+        self.closed_total += 1
         self.hub.connections -= 1
         self.hub.by_id.pop(conn.id, None)
         self._buckets.pop(conn.id, None)

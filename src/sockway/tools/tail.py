@@ -1,12 +1,14 @@
 """``sockway tail``: watch application events or a channel's messages.
 
+    sockway tail events --url http://127.0.0.1:8080 --key K   # as the gateway emits them
     sockway tail events --zmq tcp://127.0.0.1:5556            # PULL from [zeromq] push
     sockway tail channel news --url ws://127.0.0.1:8080/live/websocket
     sockway tail channel news --url http://127.0.0.1:8080/live --transport xhr-streaming
     sockway tail channel news --url ... --since 41:9f2c01ab    # what was missed first
 
 Output: one JSON object per line. Stops after ``--count`` items or ``--timeout`` seconds
-of silence. A PULL socket shares events with the application's workers (each event
+of silence. ``--url`` watches the gateway's admin stream: it sees every event and takes
+none from the application. A PULL socket (``--zmq``) shares events with the application's workers (each event
 goes to one of them), so tail events from a ZeroMQ PUSH only when no worker runs.
 Exit status: 0, 1 if the gateway cannot be reached or refuses, 2 for a usage error.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 
 __all__ = ["add_parser", "run"]
@@ -29,7 +32,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("what", choices=["events", "channel"])
     p.add_argument("name", nargs="?", help="channel name (tail channel)")
     p.add_argument("--zmq", metavar="ADDRESS", help="events: the gateway's PUSH address")
-    p.add_argument("--url", help="channel: a channels-mode endpoint (ws://.../websocket or http://... SockJS)")
+    p.add_argument("--key", default=os.environ.get("SOCKWAY_API_KEY"),
+                   help="events --url: the API key (or SOCKWAY_API_KEY)")
+    p.add_argument("--endpoint", help="events --url: only this endpoint")
+    p.add_argument("--type", help="events --url: only these types, comma-separated (open,message,close)")
+    p.add_argument("--url", help="events: the gateway (http://host:port); channel: a channels-mode endpoint "
+                   "(ws://.../websocket or http://... SockJS)")
     p.add_argument("--transport", default="websocket", help="SockJS transport for http URLs")
     p.add_argument("--token", help="JWT for the channels endpoint")
     p.add_argument("--since", metavar="OFFSET:EPOCH", help="channel: recover from this position first")
@@ -43,9 +51,46 @@ def _out(item) -> None:
     sys.stdout.flush()
 
 
+async def _tail_admin_events(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    if not args.key:
+        print("sockway tail events --url: give --key (or SOCKWAY_API_KEY)", file=sys.stderr)
+        return 2
+    query = "&".join(f"{k}={v}" for k, v in (("endpoint", args.endpoint), ("type", args.type)) if v)
+    url = args.url.rstrip("/").replace("http", "ws", 1) + "/admin/api/events" + (f"?{query}" if query else "")
+    count = 0
+    async with aiohttp.ClientSession(headers={"X-API-Key": args.key}) as session:
+        try:
+            ws = await session.ws_connect(url, heartbeat=30)
+        except aiohttp.WSServerHandshakeError as exc:
+            print(f"sockway tail: the gateway refused: HTTP {exc.status}", file=sys.stderr)
+            return 1
+        except aiohttp.ClientError as exc:
+            print(f"sockway tail: cannot reach {args.url}: {exc}", file=sys.stderr)
+            return 1
+        async with ws:
+            while args.count is None or count < args.count:
+                try:
+                    message = await ws.receive(timeout=args.timeout)
+                except TimeoutError:
+                    break
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    break
+                for event in json.loads(message.data).get("items", []):
+                    _out(event)
+                    count += 1
+                    if args.count is not None and count >= args.count:
+                        break
+    return 0
+
+
 def _tail_events(args: argparse.Namespace) -> int:
+    if args.url:
+        return asyncio.run(_tail_admin_events(args))
     if not args.zmq:
-        print("sockway tail events: give --zmq ADDRESS (the gateway's [zeromq] push)", file=sys.stderr)
+        print("sockway tail events: give --url (the gateway, with --key) or --zmq ADDRESS "
+              "(the gateway's [zeromq] push)", file=sys.stderr)
         return 2
     import zmq
 
