@@ -372,10 +372,7 @@ def test_token(open_page: PageFactory, api: Api, transport: str, token_in: str) 
     ("sockjs-websocket", "url"),
     ("sockjs-xhr-streaming", "auth"),
     ("websocket", "auth"),
-    pytest.param("websocket", "url", marks=pytest.mark.xfail(strict=True, reason=(
-        "the gateway refuses a raw WebSocket handshake with a bad ?token= with HTTP 401 "
-        "(edge/routes.py, websocket route); a browser only sees close code 1006, as for a network "
-        "failure, so the client retries; sockway.js therefore sends the token in an auth op by default"))),
+    ("websocket", "url"),
 ])
 def test_bad_token_is_not_retried(open_page: PageFactory, transport: str, token_in: str) -> None:
     page = open_page()

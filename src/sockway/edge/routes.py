@@ -314,12 +314,10 @@ class EndpointRoutes:
             self.endpoint.hub.stats.rejected_connections += 1
             return h.text_response(503, "Too many connections; try again later.\n")
         remote = self.proxies.client_address(request)
+        # A bad token does not refuse the handshake: a browser shows a refused handshake
+        # as a bare 1006, like a network failure, and would retry. The connection opens
+        # and is closed at once with 4001 and the reason, which every client can read.
         claims, auth_error = self.authenticate(request)
-        if auth_error is not None and not sockjs:
-            # A raw WebSocket client can read an HTTP status; a SockJS client is told
-            # with c[4001,...] after the session opens.
-            self.endpoint.hub.stats.auth_failures += 1
-            return h.text_response(401, f"Unauthorized: {auth_error}\n")
         live, head, wbits, refusal = accept_websocket(
             request,
             deflate=config.permessage_deflate,
