@@ -270,11 +270,6 @@ def test_automatic_reconnects_keep_a_stream_whole(open_page: PageFactory, api: A
     assert len(page.messages("c", ch)) == len(items)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the memory broker forgets a channel's stream (offset and epoch) when its last subscriber "
-    "leaves and it has no publications (brokers/memory.py, interest(False)); publications made "
-    "while the client is away start a new epoch, so its position (offset 0, old epoch) cannot "
-    "be recovered although the history holds everything it missed"))
 def test_recovers_a_channel_that_had_no_publications_yet(open_page: PageFactory, api: Api) -> None:
     page = open_page()
     conn = connect(page, "websocket", **MANUAL)["conn"]

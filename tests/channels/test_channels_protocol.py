@@ -114,6 +114,10 @@ name = "small"
 publish = "open"
 history_size = 5
 max_data_size = 1000
+
+# Channels without history: nothing to keep for them once their subscribers leave.
+[[namespace]]
+name = "many"
 """
     with config_gateway(config) as proc:
         proc.push = push

@@ -10,6 +10,13 @@ its last subscriber leaves. Queries about a channel that has no state (``history
 a name nobody uses) answer from a blank position without creating any. The next
 publication starts a new epoch, so a client holding an old position learns that it
 cannot recover.
+
+One exception keeps recovery exact: a channel that keeps history but has had no
+publication yet. A client that subscribed to it holds position (0, epoch); if the
+channel were forgotten when that client left, publications made while it is away would
+start a new epoch and its position could not be recovered although history holds every
+one of them. Such a channel's position is kept for ``IDLE_KEEP`` seconds (about 150
+bytes each), then forgotten.
 """
 
 from __future__ import annotations
@@ -30,13 +37,18 @@ from sockway.brokers.base import (
 __all__ = ["MemoryBroker"]
 
 
+IDLE_KEEP = 300.0
+
+
 class _Stream:
-    __slots__ = ("epoch", "items", "offset")
+    __slots__ = ("epoch", "history", "items", "offset")
 
     def __init__(self) -> None:
         self.offset = 0
         self.epoch = new_epoch()
         self.items: collections.deque[Publication] = collections.deque()
+        self.history = False
+        """The channel keeps history (its policy said so when it was last used)."""
 
 
 class MemoryBroker(Broker):
@@ -47,6 +59,8 @@ class MemoryBroker(Broker):
         self._streams: dict[str, _Stream] = {}
         self._interest: set[str] = set()
         self._presence: dict[str, dict[str, dict]] = {}
+        self._idle: dict[str, float] = {}
+        """Channels kept only for their position (see the module docstring), oldest first."""
 
     def _stream(self, channel: str) -> _Stream:
         stream = self._streams.get(channel)
@@ -56,7 +70,25 @@ class MemoryBroker(Broker):
 
     def _forget_if_idle(self, channel: str, stream: _Stream) -> None:
         if not stream.items and channel not in self._interest and channel not in self._presence:
-            self._streams.pop(channel, None)
+            if stream.history and stream.offset == 0:
+                self._idle.pop(channel, None)
+                self._idle[channel] = time.monotonic()
+            else:
+                self._streams.pop(channel, None)
+        self._prune_idle()
+
+    def _prune_idle(self) -> None:
+        horizon = time.monotonic() - IDLE_KEEP
+        idle = self._idle
+        while idle:
+            channel, since = next(iter(idle.items()))
+            if since > horizon:
+                break
+            del idle[channel]
+            stream = self._streams.get(channel)
+            if (stream is not None and not stream.items and stream.offset == 0
+                    and channel not in self._interest and channel not in self._presence):
+                del self._streams[channel]
 
     def describe(self) -> dict:
         return {**super().describe(), "channels": len(self._streams),
@@ -76,6 +108,8 @@ class MemoryBroker(Broker):
                 info: dict | None = None) -> Publication:
         stream = self._stream(channel)
         stream.offset += 1
+        stream.history = policy.size > 0
+        self._idle.pop(channel, None)
         now = time.time()
         pub = Publication(channel, stream.offset, stream.epoch, data, info, now)
         if policy.size:
@@ -90,6 +124,7 @@ class MemoryBroker(Broker):
     def interest(self, channel: str, on: bool) -> None:
         if on:
             self._interest.add(channel)
+            self._idle.pop(channel, None)
         else:
             self._interest.discard(channel)
             stream = self._streams.get(channel)
@@ -108,6 +143,7 @@ class MemoryBroker(Broker):
                 position = StreamPosition(0, "")
                 return HistoryResult([], position, since is None or since == position)
             stream = self._stream(channel)
+        stream.history = policy.size > 0
         self._trim(stream, policy, time.time())
         if channel not in self._interest:
             self._forget_if_idle(channel, stream)  # its history may just have expired
