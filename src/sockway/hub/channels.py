@@ -242,10 +242,10 @@ class ChannelHub:
         last = publications[-1].offset if publications else (
             since.offset if since is not None else history.position.offset)
         late = [p for p in buffered if p.offset > last]
-        position = history.position
-        if late:
-            position = StreamPosition(late[-1].offset, late[-1].epoch)
-        result = SubscribeResult(local.name, position, history.recovered, publications)
+        # The reply's position is the history's: the late publications go out after the
+        # reply, with their own (higher) offsets, so a client that skips offsets at or
+        # below the reply's position drops none of them.
+        result = SubscribeResult(local.name, history.position, history.recovered, publications)
         if ready is not None:
             ready(result)
         for pub in late:
