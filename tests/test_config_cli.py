@@ -96,3 +96,15 @@ def test_port_in_use_is_explained():
         result = run_cli("serve", "--port", str(port))
     assert result.returncode == 1
     assert "in use" in result.stderr
+
+
+def test_json_logs():
+    import json
+
+    port = free_port()
+    with gateway(["serve", "--log-format", "json"], port=port) as proc:
+        pass
+    lines = [line for line in proc.output().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]
+    assert any("listening on" in r["message"] for r in records)
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)

@@ -49,6 +49,7 @@ def _server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-connections", type=int, help="connections on this process")
     parser.add_argument("--sockjs-url", help="script URL for the SockJS iframe page")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", choices=["text", "json"], help="log lines as text or JSON objects")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,12 +101,26 @@ def _tools() -> dict:
     return {"cat": cat, "publish": publish, "tail": tail, "trace": trace}
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line: time, level, logger, message (and exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        entry = {"time": round(record.created, 6), "level": record.levelname, "logger": record.name,
+                 "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
@@ -122,6 +137,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "max_connections": args.max_connections,
         "sockjs_url": args.sockjs_url,
         "log_level": args.log_level,
+        "log_format": args.log_format,
     }
     config = load_config(args.config, overrides=overrides, extra_endpoints=args.endpoint)
     if not config.endpoints:
@@ -140,7 +156,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 f"endpoint {endpoint.prefix}: unknown mode {endpoint.mode!r}; "
                 f"known modes: {', '.join(sorted(MODES))}"
             )
-    _setup_logging(config.log_level)
+    _setup_logging(config.log_level, config.log_format)
     if args.workers != 1:
         _check_workers(config, args.workers)
         return _run_workers(args.workers, args.raw_argv)

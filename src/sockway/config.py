@@ -264,6 +264,12 @@ class ServerConfig:
     from the working directory."""
     static: str | None = None
     """A directory served at / (demo pages)."""
+    socket_send_buffer: int = 0
+    """SO_SNDBUF of each client socket in bytes (0: the kernel's default, which Linux
+    grows up to several MiB for a client that does not read). Set it (e.g. 65536) to
+    bound the kernel memory a slow client can hold beyond max_buffer."""
+    log_format: str = "text"
+    """text | json (one JSON object per line, for log collectors)."""
     sweep_interval: float = 1.0
     """Seconds between checks of timeouts, heartbeats and keepalives."""
     log_level: str = "info"
@@ -303,6 +309,10 @@ class ServerConfig:
         dupes = {p for p in prefixes if prefixes.count(p) > 1}
         if dupes:
             raise ConfigError(f"endpoint prefix declared twice: {', '.join(sorted(dupes))}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("log_format must be text or json")
+        if self.socket_send_buffer < 0:
+            raise ConfigError("socket_send_buffer must not be negative")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level must be one of debug, info, warning, error")
 

@@ -162,7 +162,8 @@ class Gateway:
         assert handler_factory is not None
 
         def protocol() -> FirstRequestSniffer:
-            return FirstRequestSniffer(handler_factory, self.routes, ssl_context is not None)
+            return FirstRequestSniffer(handler_factory, self.routes, ssl_context is not None,
+                                       self.config.socket_send_buffer)
 
         if sock is not None:
             server = await self.loop.create_server(protocol, sock=sock, ssl=ssl_context, backlog=4096)

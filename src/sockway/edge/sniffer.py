@@ -13,6 +13,8 @@ it had accepted it itself (one extra callback for the first packet, nothing afte
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -28,18 +30,24 @@ _KEY1 = b"sec-websocket-key1:"
 
 
 class FirstRequestSniffer(asyncio.Protocol):
-    __slots__ = ("_buffer", "_factory", "_routes", "_secure", "_transport")
+    __slots__ = ("_buffer", "_factory", "_routes", "_secure", "_sndbuf", "_transport")
 
     def __init__(self, factory: Callable[[], asyncio.Protocol], routes: dict[str, EndpointRoutes],
-                 secure: bool) -> None:
+                 secure: bool, sndbuf: int = 0) -> None:
         self._factory = factory
         self._routes = routes
         self._secure = secure
+        self._sndbuf = sndbuf
         self._transport: asyncio.Transport | None = None
         self._buffer = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        if self._sndbuf:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._sndbuf)
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer + data if self._buffer else data
