@@ -191,7 +191,7 @@ class NatsWorker:
             while max_events is None or count < max_events:
                 try:
                     msgs = await psub.fetch(min(self.batch, (max_events or self.batch) - count), timeout=0.5)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats' and asyncio's (a fetch raises either)
                     if timeout is not None and loop.time() - idle_since >= timeout:
                         break
                     continue
