@@ -1,0 +1,214 @@
+"""Command line of the benchmark suite."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.report import render
+from benchmarks.runner import Settings, plan, run_all
+from benchmarks.servers import BENCH_DIR, ROOT, SERVERS, ServerError, node_binary
+
+__all__ = ["main"]
+
+SCENARIOS = ("calibrate", "fanout", "echo", "idle")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("expected positive numbers")
+    return values
+
+
+def _names(choices: tuple[str, ...]):
+    def parse(text: str) -> list[str]:
+        names = [v.strip() for v in text.split(",") if v.strip()]
+        unknown = [n for n in names if n not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown: {', '.join(unknown)} (choose from {', '.join(choices)})")
+        return names
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Fan-out, echo round trips and idle memory of sockway, against Node's ws (raw "
+                    "WebSocket) and sockjs-node (SockJS over WebSocket) in the same run. Prints one "
+                    "JSON line per measurement, then a table; saves both under benchmarks/results/.",
+    )
+    p.add_argument("--quick", action="store_true",
+                   help="a short run (about a minute): 200 and 1000 fan-out clients, 200 messages, "
+                        "one 3 s echo round, 2000 idle connections")
+    p.add_argument("--scenarios", type=_names(SCENARIOS), default=list(SCENARIOS),
+                   help="comma-separated subset of: " + ", ".join(SCENARIOS) + " (default: all)")
+    p.add_argument("--servers", type=_names(("sockway", "ws", "sockjs-node")),
+                   default=["sockway", "ws", "sockjs-node"], help="servers to measure (default: all)")
+    p.add_argument("--transports", type=_names(("raw", "sockjs")), default=["raw", "sockjs"],
+                   help="raw (raw WebSocket, vs ws) and/or sockjs (SockJS over WebSocket, vs sockjs-node)")
+    p.add_argument("--clients", type=_ints, help="fan-out client counts (default 1000,5000)")
+    p.add_argument("--messages", type=int, help="fan-out messages published (default 1000)")
+    p.add_argument("--size", type=int, default=64, help="message size in bytes (default 64)")
+    p.add_argument("--window", type=int, default=100,
+                   help="fan-out: messages the publisher may have in flight, published but not yet "
+                        "received back by itself (default 100)")
+    p.add_argument("--echo-clients", type=int, default=100, help="echo clients (default 100)")
+    p.add_argument("--echo-duration", type=float, help="echo: seconds measured per round (default 5)")
+    p.add_argument("--echo-warmup", type=float, help="echo: seconds of warm-up per round (default 1)")
+    p.add_argument("--echo-rounds", type=int,
+                   help="echo: rounds, sockway and peers alternating; the table shows medians (default 3)")
+    p.add_argument("--idle-connections", type=int, help="idle connections (default 10000)")
+    p.add_argument("--idle-wait", type=float, help="idle: seconds held before RSS is read (default 5)")
+    p.add_argument("--stall-timeout", type=float, default=20,
+                   help="fan-out: fail when nothing is delivered for this many seconds (default 20)")
+    p.add_argument("--connect-concurrency", type=int, default=256,
+                   help="handshakes in progress at once (default 256)")
+    p.add_argument("--retries", type=int, default=1,
+                   help="measure again (this many times at most) when other processes used more than "
+                        "--disturbed-above of a core during the window; the least disturbed is kept "
+                        "(default 1)")
+    p.add_argument("--disturbed-above", type=float, default=0.25,
+                   help="CPU of other processes, in cores, above which a window counts as disturbed "
+                        "(default 0.25)")
+    p.add_argument("--quiet-wait", type=float, default=30,
+                   help="seconds to wait, before each measurement, for other processes to calm down "
+                        "below --disturbed-above (default 30; 0 to not wait)")
+    p.add_argument("--sockway-rev", metavar="REV",
+                   help="measure this committed revision of sockway (its src/ from `git archive`) instead "
+                        "of the working tree")
+    p.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results",
+                   help="where the JSON lines, table and server logs go (default benchmarks/results)")
+    return p
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    quick = args.quick
+
+    def pick(value, full, short):
+        return value if value is not None else (short if quick else full)
+
+    return Settings(
+        fanout_clients=pick(args.clients, [1000, 5000], [200, 1000]),
+        messages=pick(args.messages, 1000, 200),
+        size=args.size,
+        window=args.window,
+        echo_clients=args.echo_clients,
+        echo_duration=pick(args.echo_duration, 5.0, 3.0),
+        echo_warmup=pick(args.echo_warmup, 1.0, 1.0),
+        echo_rounds=pick(args.echo_rounds, 3, 1),
+        idle_connections=pick(args.idle_connections, 10000, 2000),
+        idle_wait=pick(args.idle_wait, 5.0, 2.0),
+        scenarios=args.scenarios,
+        servers=args.servers,
+        transports=args.transports,
+        stall_timeout=args.stall_timeout,
+        connect_concurrency=args.connect_concurrency,
+        results_dir=args.results_dir,
+        quick=quick,
+        retries=max(0, args.retries),
+        disturbed_above=args.disturbed_above,
+        quiet_wait=max(0.0, args.quiet_wait),
+    )
+
+
+def _extract_revision(rev: str, into: Path) -> tuple[str, Path]:
+    """``git archive`` the src/ tree of ``rev`` into ``into``; returns the full commit id
+    and the directory to put on PYTHONPATH."""
+    found = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=ROOT,
+                           capture_output=True, text=True)
+    if found.returncode != 0:
+        raise ValueError(f"--sockway-rev: {rev!r} is not a commit: {found.stderr.strip()}")
+    commit = found.stdout.strip()
+    archive = subprocess.run(["git", "archive", "--format=tar", commit, "src"], cwd=ROOT,
+                             capture_output=True, check=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
+            tar.extractall(into, filter="data")
+        else:  # our own repository's archive
+            tar.extractall(into)
+    return commit, into / "src"
+
+
+def _raise_fd_limit(needed: int) -> None:
+    """Servers and the generator inherit this process's open-files limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        print(f"[bench] warning: the open-files limit is {soft}; {needed} connections need more "
+              f"(raise it with `ulimit -n`)", file=sys.stderr)
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # so that every server and generator started is stopped
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupted)
+    settings = _settings(args)
+    size_floor = len(str(settings.messages)) + 1
+    if settings.size < size_floor:
+        print(f"--size must be at least {size_floor} (the sequence number and a space)", file=sys.stderr)
+        return 2
+    try:
+        node_binary()
+    except ServerError as exc:
+        print(f"[bench] {exc}", file=sys.stderr)
+        return 2
+    _raise_fd_limit(max(settings.idle_connections, *settings.fanout_clients) + 300)
+    snapshot: Path | None = None
+    if args.sockway_rev:
+        snapshot = Path(tempfile.mkdtemp(prefix="sockway-bench-"))
+        try:
+            settings.sockway_rev, settings.sockway_path = _extract_revision(args.sockway_rev, snapshot)
+        except (ValueError, subprocess.CalledProcessError) as exc:
+            shutil.rmtree(snapshot, ignore_errors=True)
+            print(f"[bench] {exc}", file=sys.stderr)
+            return 2
+        print(f"[bench] measuring sockway at {settings.sockway_rev[:12]} (from {snapshot})",
+              file=sys.stderr)
+    try:
+        return _run(settings)
+    finally:
+        if snapshot is not None:
+            shutil.rmtree(snapshot, ignore_errors=True)
+
+
+def _run(settings: Settings) -> int:
+    runs = plan(settings)
+    if not runs:
+        print("[bench] nothing to run with these --scenarios/--servers/--transports", file=sys.stderr)
+        return 2
+    settings.results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_path = settings.results_dir / f"{stamp}{'-quick' if settings.quick else ''}.jsonl"
+    servers = sorted({m.server for m in runs}, key=list(SERVERS).index)
+    print(f"[bench] {len(runs)} measurements ({', '.join(servers)}); results in {out_path}",
+          file=sys.stderr, flush=True)
+    try:
+        records = run_all(settings, runs, out_path)
+    except KeyboardInterrupt:
+        print("[bench] interrupted; servers stopped", file=sys.stderr)
+        return 130
+    table = render(records)
+    print()
+    print(table)
+    out_path.with_suffix(".txt").write_text(table + "\n")
+    print(f"\n[bench] results: {out_path} and {out_path.with_suffix('.txt')}", file=sys.stderr)
+    return 0 if all(r.get("ok") for r in records) else 1
