@@ -46,6 +46,7 @@ class SockJSClient(ClientConnection):
         session = "".join(random.choices(string.ascii_lowercase + string.digits, k=16))
         self.session_url = f"{self.base}/{server}/{session}"
         self._opened = asyncio.Event()
+        self._got_open = False
         self._tasks: list[asyncio.Task] = []
         self.http: aiohttp.ClientSession | None = None
         self.ws = None
@@ -62,6 +63,7 @@ class SockJSClient(ClientConnection):
             return True
         kind = frame[0]
         if kind == "o":
+            self._got_open = True
             self._opened.set()
         elif kind == "a":
             for message in json.loads(frame[1:]):
@@ -100,16 +102,19 @@ class SockJSClient(ClientConnection):
             await self._shutdown()
             raise ConnectionError(f"SockJS session at {self.base} did not open within "
                                   f"{self.open_timeout}s over {self.transport_name}") from None
-        if self.close_code is not None and self.messages.qsize() == 1:
-            pass  # opened and closed at once: recv() raises Closed
+        if not self._got_open:
+            # The transport failed (or the server closed the session) before the "o"
+            # frame: the connection never opened.
+            await self._shutdown()
+            raise ConnectionError(self.close_reason or f"closed {self.close_code} before opening")
         return self
 
     async def _guard(self, coro) -> None:
         try:
             await coro
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+            self._closed(1006, f"connection lost: {exc}" if self._got_open else str(exc) or type(exc).__name__)
             self._opened.set()
-            self._closed(1006, f"connection lost: {exc}")
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -128,7 +133,7 @@ class SockJSClient(ClientConnection):
         assert self.http is not None
         while self.close_code is None:
             async with self.http.post(self._url("xhr_streaming")) as response:
-                self._check(response)
+                await self._check(response)
                 buffer = b""
                 async for chunk in response.content.iter_any():
                     buffer += chunk
@@ -144,7 +149,7 @@ class SockJSClient(ClientConnection):
         assert self.http is not None
         while self.close_code is None:
             async with self.http.get(self._url("eventsource")) as response:
-                self._check(response)
+                await self._check(response)
                 buffer = b""
                 async for chunk in response.content.iter_any():
                     buffer += chunk
@@ -158,7 +163,7 @@ class SockJSClient(ClientConnection):
         assert self.http is not None
         while self.close_code is None:
             async with self.http.get(self._url("htmlfile", "c=cb")) as response:
-                self._check(response)
+                await self._check(response)
                 buffer = b""
                 async for chunk in response.content.iter_any():
                     buffer += chunk
@@ -181,7 +186,7 @@ class SockJSClient(ClientConnection):
             else:
                 request = self.http.post(self._url("xhr"))
             async with request as response:
-                self._check(response)
+                await self._check(response)
                 body = await response.read()
             if jsonp:
                 match = _JSONP.match(body)
@@ -194,9 +199,11 @@ class SockJSClient(ClientConnection):
                 return
 
     @staticmethod
-    def _check(response: aiohttp.ClientResponse) -> None:
+    async def _check(response: aiohttp.ClientResponse) -> None:
         if response.status != 200:
-            raise ConnectionError(f"SockJS request {response.url} answered HTTP {response.status}")
+            body = (await response.text(errors="replace")).strip()[:200]
+            raise ConnectionError(f"HTTP {response.status}" + (f": {body}" if body else "")
+                                  + f" (SockJS {response.method} {response.url.path})")
 
     # -- sending --------------------------------------------------------------------------------
 
