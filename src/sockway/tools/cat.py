@@ -22,7 +22,9 @@ import base64
 import contextlib
 import json
 import os
+import queue
 import sys
+import threading
 import time
 
 from sockway.client import TRANSPORTS, Closed, connect
@@ -35,14 +37,23 @@ NORMAL = (1000, 1001)
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "cat", help="WebSocket/SockJS shell: send stdin lines, print messages",
-        description=__doc__.split("\n\n", 1)[0] + "\n\nURLs: ws://, wss:// are raw WebSocket; "
-                    "http://, https:// are SockJS endpoints (choose --transport).",
+        description=__doc__.split("\n\n", 1)[0].replace("``", "") + "\n\n"
+                    "URLs: ws://, wss:// are raw WebSocket; http://, https:// are SockJS "
+                    "endpoints (choose --transport).\n\n"
+                    "Interactive when stdin is a terminal: a '> ' prompt with line editing and\n"
+                    "history (~/.sockway_history); messages received are printed as '< message'.\n"
+                    "Commands: /close [code] [reason] (close, then exit), /quit (exit).\n"
+                    "Pipe mode otherwise: each stdin line is a message, each message received a\n"
+                    "stdout line; after stdin ends, it waits --linger seconds, then closes.",
         epilog="examples:\n"
                "  sockway cat ws://127.0.0.1:8080/echo/websocket\n"
                "  sockway cat http://127.0.0.1:8080/chat --transport xhr-streaming\n"
                "  echo hello | sockway cat ws://127.0.0.1:8080/echo/websocket\n"
                "  sockway cat --jsonl --no-input ws://127.0.0.1:8080/chat/websocket > chat.jsonl\n"
-               "  sockway cat ws://127.0.0.1:8080/live/websocket --token \"$JWT\"",
+               "  sockway cat ws://127.0.0.1:8080/live/websocket --token \"$JWT\"\n\n"
+               "exit status: 0 after a normal close (1000, 1001, or closed by us, also at --count\n"
+               "or --timeout), 1 if the connection could not be made, 2 for a usage error, 3 if\n"
+               "the server closed with another code (printed on stderr).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("url", help="ws://host/prefix/websocket or http://host/prefix (SockJS)")
@@ -68,6 +79,7 @@ class Printer:
     def __init__(self, jsonl: bool, interactive: bool) -> None:
         self.jsonl = jsonl
         self.interactive = interactive
+        self.reader: StdinReader | None = None
 
     def event(self, direction: str, **fields) -> None:
         if self.jsonl:
@@ -78,11 +90,37 @@ class Printer:
         if direction == "in":
             data = fields["data"]
             text = f"[binary {len(base64.b64decode(data))} bytes] {data}" if fields.get("binary") else data
-            sys.stdout.write(("< " if self.interactive else "") + text + "\n")
-            sys.stdout.flush()
+            if self.interactive:
+                self._above_prompt(sys.stdout, "< " + text)
+            else:
+                sys.stdout.write(text + "\n")
+                sys.stdout.flush()
         elif direction in ("open", "close", "error") and self.interactive:
             detail = " ".join(f"{k}={v!r}" for k, v in fields.items())
-            print(f"* {direction} {detail}", file=sys.stderr)
+            self._above_prompt(sys.stderr, f"* {direction} {detail}", redraw=direction == "open")
+
+    def note(self, text: str) -> None:
+        """A line on stderr (on its own line even while the prompt is shown)."""
+        self._above_prompt(sys.stderr, text, redraw=False)
+
+    def _above_prompt(self, stream, text: str, redraw: bool = True) -> None:
+        """Print a line while input() may be showing the prompt: clear the prompt's
+        line, print, then draw the prompt and what was typed so far again."""
+        prompting = self.reader is not None and self.reader.reading
+        sys.stdout.flush()
+        stream.write(("\r\x1b[K" if prompting else "") + text + "\n")
+        stream.flush()
+        if prompting and redraw:
+            sys.stdout.write("> " + _line_buffer())
+            sys.stdout.flush()
+
+
+def _line_buffer() -> str:
+    try:
+        import readline
+    except ImportError:  # pragma: no cover
+        return ""
+    return readline.get_line_buffer()
 
 
 def _headers(items: list[str]) -> dict[str, str]:
@@ -90,9 +128,78 @@ def _headers(items: list[str]) -> dict[str, str]:
     for item in items:
         name, sep, value = item.partition(":")
         if not sep or not name.strip():
-            raise SystemExit(f"sockway cat: --header takes 'Name: value', got {item!r}")
+            raise ValueError(f"--header takes 'Name: value', got {item!r}")
         headers[name.strip()] = value.strip()
     return headers
+
+
+class StdinReader:
+    """Lines from stdin, read on request by a daemon thread: a read blocked on a
+    terminal or a silent pipe must not keep the process alive after the connection
+    ends (a thread of asyncio's default executor would: asyncio.run waits for it)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, prompt: str | None) -> None:
+        self.loop = loop
+        self.prompt = prompt
+        self.reading = False  # the prompt is (about to be) on the screen
+        self.stopped = False  # the connection has ended: prompt no more
+        self._requests: queue.SimpleQueue[asyncio.Future] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="sockway-cat-stdin", daemon=True).start()
+
+    async def readline(self) -> str | None:
+        """The next line without its newline, or None at the end of input."""
+        future = self.loop.create_future()
+        self._requests.put(future)
+        return await future
+
+    def stop(self) -> None:
+        """No prompt after this; one already shown is cleared (we are exiting)."""
+        self.stopped = True
+        if self.reading and self.prompt is not None:
+            sys.stdout.write("\r\x1b[K")
+            sys.stdout.flush()
+
+    def _run(self) -> None:
+        while True:
+            future = self._requests.get()
+            if self.stopped:
+                return
+            try:
+                if self.prompt is not None:
+                    self.reading = True
+                    try:
+                        line: str | None = input(self.prompt)
+                    finally:
+                        self.reading = False
+                else:
+                    line = sys.stdin.readline()
+                    line = line[:-1] if line.endswith("\n") else (line or None)
+            except EOFError:
+                line = None
+                if self.prompt is not None:  # Ctrl-D: end the prompt's line
+                    sys.stdout.write("\n")
+                    sys.stdout.flush()
+            except (OSError, ValueError, KeyboardInterrupt):
+                line = None
+            with contextlib.suppress(RuntimeError):  # the loop is closed: we are exiting
+                self.loop.call_soon_threadsafe(_resolve, future, line)
+            if line is None:
+                return
+
+
+def _resolve(future: asyncio.Future, value: object) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _connect_error(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if status:
+        body = getattr(response, "body", b"") or b""
+        text = body.decode("utf-8", "replace").strip()[:200]
+        return f"HTTP {status}" + (f": {text}" if text else "")
+    return str(exc) or type(exc).__name__
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -107,75 +214,82 @@ async def _main(args: argparse.Namespace) -> int:
     try:
         await conn.open()
     except Exception as exc:  # every way a connection can fail, told plainly
-        detail = getattr(getattr(exc, "response", None), "status_code", None)
-        reason = f"HTTP {detail}" if detail else str(exc) or type(exc).__name__
-        print(f"sockway cat: could not connect to {args.url}: {reason}", file=sys.stderr)
+        print(f"sockway cat: could not connect to {args.url}: {_connect_error(exc)}", file=sys.stderr)
         return 1
     printer.event("open", url=args.url, transport=conn.transport_name,
                   **({"subprotocol": conn.subprotocol} if conn.subprotocol else {}))
+    loop = asyncio.get_running_loop()
     received = 0
     we_closed = False
-    stdin_done = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    async def send_lines() -> None:
-        nonlocal we_closed
-        if args.no_input:
-            return
+    status = 0
+    reader = None
+    if not args.no_input:
         if interactive:
             _setup_readline()
-        while True:
-            try:
-                if interactive:
-                    line = await asyncio.to_thread(input, "> ")
-                else:
-                    line = await loop.run_in_executor(None, sys.stdin.readline)
-                    if not line:
-                        break
-                    line = line.rstrip("\n")
-            except EOFError:
-                break
+        reader = StdinReader(loop, "> " if interactive else None)
+        printer.reader = reader
+
+    async def send_lines() -> None:
+        """Until the end of input, /quit or /close."""
+        nonlocal we_closed
+        assert reader is not None
+        while (line := await reader.readline()) is not None:
             if interactive and line.startswith("/"):
                 command, *rest = line[1:].split(" ", 2)
                 if command in ("quit", "q"):
-                    break
+                    return
                 if command == "close":
-                    code = int(rest[0]) if rest else 1000
+                    try:
+                        code = int(rest[0]) if rest else 1000
+                    except ValueError:
+                        print("usage: /close [code] [reason]", file=sys.stderr)
+                        continue
                     we_closed = True
                     await conn.close(code, rest[1] if len(rest) > 1 else "")
                     return
                 print("commands: /close [code] [reason], /quit", file=sys.stderr)
                 continue
-            message = line.encode() if args.binary else line
-            await conn.send(message)
+            if interactive and not line:
+                continue
+            try:
+                await conn.send(line.encode() if args.binary else line)
+            except Exception as exc:
+                if conn.close_code is None:
+                    print(f"sockway cat: could not send: {exc}", file=sys.stderr)
+                return
             if args.jsonl:
-                printer.event("out", data=line)
-        stdin_done.set()
+                printer.event("out", data=line, **({"binary": True} if args.binary else {}))
 
-    sender = loop.create_task(send_lines())
+    sender = loop.create_task(send_lines()) if reader is not None else None
     deadline = loop.time() + args.timeout if args.timeout else None
-    status = 0
+    receiving: asyncio.Task | None = None
     try:
         while True:
             wait = None
-            if stdin_done.is_set() and not interactive:
-                wait = args.linger
+            if sender is not None and sender.done():
+                if interactive and not we_closed:
+                    break  # /quit or the end of input (Ctrl-D)
+                wait = args.linger  # pipe mode after the end of input (or after /close)
             if deadline is not None:
                 left = deadline - loop.time()
                 if left <= 0:
                     break
                 wait = left if wait is None else min(wait, left)
+            if receiving is None:
+                receiving = loop.create_task(conn.recv())
+            waiting = {receiving} if sender is None or sender.done() else {receiving, sender}
+            done, _ = await asyncio.wait(waiting, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            if receiving not in done:
+                if not done:
+                    break  # --timeout, or --linger after the end of input
+                continue  # input ended: from now on, linger
+            task, receiving = receiving, None
             try:
-                message = await conn.recv(timeout=wait)
-            except TimeoutError:
-                if stdin_done.is_set() or (deadline is not None and loop.time() >= deadline):
-                    break
-                continue
+                message = task.result()
             except Closed as closed:
                 printer.event("close", code=closed.code, reason=closed.reason)
                 if not we_closed and closed.code not in NORMAL:
-                    print(f"sockway cat: closed by the server: {closed.code} {closed.reason}",
-                          file=sys.stderr)
+                    printer.note(f"sockway cat: closed by the server: {closed.code} {closed.reason}")
                     status = 3
                 break
             if isinstance(message, bytes):
@@ -185,16 +299,19 @@ async def _main(args: argparse.Namespace) -> int:
             received += 1
             if args.count is not None and received >= args.count:
                 break
-            if sender.done() and not stdin_done.is_set() and not args.no_input:
-                break  # /quit or /close in interactive mode
     finally:
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await sender
+        if reader is not None:
+            reader.stop()
+        for task in (sender, receiving):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if conn.close_code is None:
-            we_closed = True
             await conn.close()
             printer.event("close", code=1000, reason="", by="client")
+        else:
+            await conn.close()  # closed by the server: release the client's resources
     return status
 
 
@@ -216,8 +333,26 @@ def _setup_readline() -> None:
     atexit.register(save)
 
 
+def _terminal_state():
+    """The terminal's settings, to restore at exit: readline changes them while it
+    reads a line, and we may exit (the server closed) in the middle of one."""
+    try:
+        import termios
+
+        return termios.tcgetattr(sys.stdin.fileno())
+    except Exception:
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
+    saved = _terminal_state() if sys.stdin.isatty() else None
     try:
         return asyncio.run(_main(args))
     except KeyboardInterrupt:
         return 0
+    finally:
+        if saved is not None:
+            import termios
+
+            with contextlib.suppress(Exception):
+                termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
