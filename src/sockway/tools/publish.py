@@ -25,8 +25,8 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("publish", help="publish to a channel (or send to a connection)",
-                       description=__doc__.split("\n\n")[0],
-                       epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                       description=__doc__.split("\n\n")[0].replace("``", ""),
+                       epilog="examples:\n" + "\n\n".join(__doc__.split("\n\n")[1:]).replace("``", ""),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("channel", nargs="?", help="channel name (omit with --conn or --endpoint)")
     p.add_argument("data", nargs="?", help="the message; without it, stdin lines")
@@ -51,7 +51,8 @@ def _commands(args: argparse.Namespace, lines) -> list[dict]:
             try:
                 data = json.loads(line)
             except ValueError as exc:
-                raise SystemExit(f"sockway publish: --json given but {line[:60]!r} is not JSON: {exc}") from None
+                print(f"sockway publish: --json given but {line[:60]!r} is not JSON: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
         else:
             data = line
         if args.conn:
@@ -108,9 +109,17 @@ def run(args: argparse.Namespace) -> int:
                     print(json.dumps(result))
         return status
     if args.zmq:
+        import zmq
+
         from sockway.app import ZmqPublisher
 
-        with ZmqPublisher(args.zmq, push=not args.pub) as publisher:
+        try:
+            publisher = ZmqPublisher(args.zmq, push=not args.pub)
+        except zmq.ZMQError as exc:
+            print(f"sockway publish: bad ZeroMQ address {args.zmq!r} ({exc}); use tcp://HOST:PORT",
+                  file=sys.stderr)
+            return 2
+        with publisher:
             for line in lines():
                 for cmd in _commands(args, [line]):
                     publisher.socket.send(json.dumps(cmd).encode())

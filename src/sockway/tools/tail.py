@@ -8,8 +8,9 @@
 
 Output: one JSON object per line. Stops after ``--count`` items or ``--timeout`` seconds
 of silence. ``--url`` watches the gateway's admin stream: it sees every event and takes
-none from the application. A PULL socket (``--zmq``) shares events with the application's workers (each event
-goes to one of them), so tail events from a ZeroMQ PUSH only when no worker runs.
+none from the application. A PULL socket (``--zmq``) shares events with the
+application's workers (each event goes to one of them), so tail events from a ZeroMQ
+PUSH only when no worker runs.
 Exit status: 0, 1 if the gateway cannot be reached or refuses, 2 for a usage error.
 """
 
@@ -21,15 +22,18 @@ import json
 import os
 import sys
 
+from sockway.client.sockjs import TRANSPORTS
+
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("tail", help="print application events or a channel's messages",
-                       description=__doc__.split("\n\n")[0],
-                       epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                       description=__doc__.split("\n\n")[0].replace("``", ""),
+                       epilog="examples:\n" + "\n\n".join(__doc__.split("\n\n")[1:]).replace("``", ""),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["events", "channel"])
+    p.add_argument("what", choices=["events", "channel"],
+                   help="events: application events of the gateway; channel: one channel's messages")
     p.add_argument("name", nargs="?", help="channel name (tail channel)")
     p.add_argument("--zmq", metavar="ADDRESS", help="events: the gateway's PUSH address")
     p.add_argument("--key", default=os.environ.get("SOCKWAY_API_KEY"),
@@ -38,7 +42,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--type", help="events --url: only these types, comma-separated (open,message,close)")
     p.add_argument("--url", help="events: the gateway (http://host:port); channel: a channels-mode endpoint "
                    "(ws://.../websocket or http://... SockJS)")
-    p.add_argument("--transport", default="websocket", help="SockJS transport for http URLs")
+    p.add_argument("--transport", default="websocket", choices=TRANSPORTS,
+                   help="channel: SockJS transport for http URLs (default websocket)")
     p.add_argument("--token", help="JWT for the channels endpoint")
     p.add_argument("--since", metavar="OFFSET:EPOCH", help="channel: recover from this position first")
     p.add_argument("--count", "-n", type=int, help="stop after this many items")
@@ -64,7 +69,8 @@ async def _tail_admin_events(args: argparse.Namespace) -> int:
         try:
             ws = await session.ws_connect(url, heartbeat=30)
         except aiohttp.WSServerHandshakeError as exc:
-            print(f"sockway tail: the gateway refused: HTTP {exc.status}", file=sys.stderr)
+            reason = await _refusal(session, url.replace("ws", "http", 1))
+            print(f"sockway tail: the gateway refused: HTTP {exc.status}{reason}", file=sys.stderr)
             return 1
         except aiohttp.ClientError as exc:
             print(f"sockway tail: cannot reach {args.url}: {exc}", file=sys.stderr)
@@ -85,6 +91,30 @@ async def _tail_admin_events(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _refusal(session, url: str) -> str:
+    """The gateway's own words for refusing ``url`` (its JSON error message), if any."""
+    import aiohttp
+
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
+            body = await response.json(content_type=None)
+        return f": {body['error']['message']}"
+    except Exception:
+        return ""
+
+
+def _zmq_socket(kind: int, address: str):
+    import zmq
+
+    sock = zmq.Context.instance().socket(kind)
+    try:
+        sock.connect(address)
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)
+        raise ValueError(f"bad ZeroMQ address {address!r} ({exc}); use tcp://HOST:PORT") from None
+    return sock
+
+
 def _tail_events(args: argparse.Namespace) -> int:
     if args.url:
         return asyncio.run(_tail_admin_events(args))
@@ -94,8 +124,11 @@ def _tail_events(args: argparse.Namespace) -> int:
         return 2
     import zmq
 
-    sock = zmq.Context.instance().socket(zmq.PULL)
-    sock.connect(args.zmq)
+    try:
+        sock = _zmq_socket(zmq.PULL, args.zmq)
+    except ValueError as exc:
+        print(f"sockway tail: {exc}", file=sys.stderr)
+        return 2
     count = 0
     try:
         while args.count is None or count < args.count:
@@ -138,8 +171,15 @@ async def _tail_channel(args: argparse.Namespace) -> int:
             except Closed as closed:
                 print(f"sockway tail: closed {closed.code} {closed.reason}", file=sys.stderr)
                 return 1 if closed.code not in (1000, 1001) else 0
-            frame = json.loads(raw)
-            kind = frame.get("type")
+            try:
+                frame = json.loads(raw)
+                kind = frame.get("type")
+            except (ValueError, TypeError, AttributeError):
+                frame, kind = None, None
+            if kind is None:
+                print(f"sockway tail: {args.url} does not speak the channels protocol (it sent "
+                      f"{str(raw)[:80]!r}); give a channels-mode endpoint", file=sys.stderr)
+                return 1
             if kind == "reply" and frame.get("id") == 1:
                 if "error" in frame:
                     print(f"sockway tail: subscribe refused: {frame['error']['message']}", file=sys.stderr)
