@@ -15,8 +15,6 @@ from __future__ import annotations
 import fnmatch
 from pathlib import Path
 
-import jwt
-
 from sockway.config import AuthConfig
 
 __all__ = ["AuthError", "TokenVerifier", "claim_allows"]
@@ -49,6 +47,8 @@ class TokenVerifier:
             raise AuthError("this server accepts no tokens (no auth.jwt_secret or auth.jwt_public_key)")
         if not isinstance(token, str) or not token:
             raise AuthError("token missing")
+        import jwt  # imported on first use: PyJWT pulls in cryptography, slow to load
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
