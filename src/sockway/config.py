@@ -233,7 +233,8 @@ class TunnelConfig:
 @dataclass
 class BrokerConfig:
     url: str = "memory://"
-    """memory:// (embedded, default)."""
+    """memory:// (embedded, one process, the default), redis://host:6379/0 (also rediss://,
+    unix://) or nats://host:4222 (with JetStream): see docs/brokers.md."""
 
 
 @dataclass
