@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sockway.brokers.base import Broker, HistoryPolicy, HistoryResult, Publication, StreamPosition
+from sockway.brokers.base import Broker, BrokerUnavailable, HistoryPolicy, HistoryResult, Publication, StreamPosition
 from sockway.hub.group import Group
 from sockway.hub.message import OutMessage
 from sockway.hub.trace import TRACER
@@ -311,6 +311,8 @@ def _background(awaitable, what: str) -> None:
     async def run() -> None:
         try:
             await awaitable
+        except BrokerUnavailable as exc:
+            log.warning("broker %s failed: the broker is unavailable (%s)", what, exc)
         except Exception:
             log.exception("broker %s failed", what)
 

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from sockway import closecodes
 from sockway.auth import AuthError, claim_allows
 from sockway.bridge.commands import CommandError, json_size, parse_position
+from sockway.brokers.base import BrokerUnavailable
 from sockway.hub.channels import ENVELOPE, SubscribeResult, valid_channel
 from sockway.hub.message import OutMessage
 from sockway.hub.modes import Mode, register_mode
@@ -319,6 +320,10 @@ def _track(loop, awaitable, conn: Connection, request_id: Any, *, publish: bool 
             value = await awaitable
         except CommandError as exc:
             _reply(conn, request_id, error=exc)
+            return
+        except BrokerUnavailable as exc:
+            log.warning("broker operation failed: the broker is unavailable (%s)", exc)
+            _reply(conn, request_id, error=CommandError("unavailable", "the broker is unavailable"))
             return
         except Exception:
             log.exception("broker operation failed")
