@@ -1,29 +1,32 @@
 """The admin side of the gateway: metrics, health, and what the dashboard and the
 ``sockway trace`` / ``sockway tail`` tools read.
 
-* ``GET /metrics`` -- Prometheus text format (open, like most scrape targets).
+* ``GET /metrics`` -- Prometheus text format or OpenMetrics (open, like most scrape targets).
 * ``GET /healthz`` -- liveness: 200 while the process serves.
 * ``GET /admin/`` -- the dashboard page (it asks for the API key).
 * ``/admin/api/...`` -- JSON and WebSocket streams behind the ``[api] key`` (header
   ``X-API-Key`` / ``Authorization: Bearer``, or ``?key=`` for browsers' WebSockets):
   ``stats``, ``connections``, ``channels``, ``channel?name=``, ``trace`` (WebSocket,
-  decoded frames, filters ``endpoint conn user channel match``) and ``events``
-  (WebSocket, application events as emitted; unlike a ZeroMQ PULL it takes nothing
-  from the application's workers).
+  decoded frames, filters ``endpoint conn user channel match``; a plain GET only checks
+  the key and the filter) and ``events`` (WebSocket, application events as emitted;
+  unlike a ZeroMQ PULL it takes nothing from the application's workers).
 
 Without an API key the admin API answers 404 with a message saying how to enable it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
+from sockway.brokers.base import BrokerUnavailable, resolve
+from sockway.hub.channels import valid_channel
 from sockway.hub.trace import TRACER, TraceFilter, Watch
 from sockway.jsonutil import dumps
 
@@ -65,8 +68,10 @@ class Admin:
     # -- open ---------------------------------------------------------------------------------
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.gateway.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        """The Prometheus text format (0.0.4), or OpenMetrics when the scraper asks for
+        it in ``Accept`` (as Prometheus does)."""
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(self.gateway.metrics.registry), headers={"Content-Type": content_type})
 
     async def healthz(self, request: web.Request) -> web.Response:
         return _json({"status": "ok", "uptime": round(time.time() - self.started, 3)})
@@ -88,8 +93,12 @@ class Admin:
         stats["uptime"] = round(time.time() - self.started, 3)
         for prefix, endpoint in self.hub.endpoints.items():
             entry = stats["endpoints"].setdefault(prefix, {})
+            transports: dict[str, int] = {}
+            for conn in endpoint.clients:
+                transports[conn.transport_name] = transports.get(conn.transport_name, 0) + 1
             entry.update(bytes_in=endpoint.bytes_in, bytes_out=endpoint.bytes_out,
-                         opened=endpoint.opened_total, closed=endpoint.closed_total)
+                         opened=endpoint.opened_total, closed=endpoint.closed_total, transports=transports)
+        stats["trace_watchers"] = len(TRACER.watches)
         return _json({"result": stats})
 
     async def connections(self, request: web.Request) -> web.Response:
@@ -129,26 +138,41 @@ class Admin:
         return _json({"result": {"channels": out}})
 
     async def channel(self, request: web.Request) -> web.Response:
+        """One channel as this node sees it: its local subscribers, its presence (when
+        the namespace keeps it) and the last ``limit`` (default 20) publications of its
+        history. Read from the broker directly: the dashboard polling this is not an
+        application command (``sockway_commands_total`` stays the application's)."""
         if (refusal := self.authorized(request)) is not None:
             return refusal
         name = request.query.get("name", "")
-        commands = self.hub.commands
-        from sockway.bridge.commands import CommandError
-
+        if not valid_channel(name):
+            return _error(400, "bad_channel", "'name' must be a channel name: 1-255 characters of letters, "
+                          "digits and _.:@/=+-")
         try:
-            history = await commands.execute({"op": "history", "channel": name, "limit": 20})
-        except CommandError as exc:
-            return _error(exc.status, exc.code, exc.message)
-        presence = None
-        if self.hub.config.namespace(name).presence:
-            presence = (await commands.execute({"op": "presence", "channel": name}))["clients"]
-        local = self.hub.channels.channels.get(name)
+            limit = max(0, min(int(request.query.get("limit", "20")), 1000))
+        except ValueError:
+            return _error(400, "bad_request", "'limit' must be an integer")
+        channels = self.hub.channels
+        namespace = self.hub.config.namespace(name)
+        try:
+            found = await resolve(channels.broker.history(name, channels.policy(name), None, limit))
+            presence = await resolve(channels.broker.presence(name)) if namespace.presence else None
+        except BrokerUnavailable as exc:
+            return _error(503, "unavailable", f"the broker is unavailable: {exc}")
+        local = channels.channels.get(name)
+        now = time.time()
         subscribers = []
         if local is not None:
             for group in local.groups.values():
-                subscribers.extend(conn.id for conn in group)
-        return _json({"result": {"channel": name, "subscribers": subscribers, "presence": presence,
-                                 "history": history}})
+                subscribers.extend({"conn": conn.id, "endpoint": conn.endpoint.prefix,
+                                    "transport": conn.transport_name, "user": conn.user,
+                                    "remote": conn.remote, "age": round(now - conn.opened_at, 1)}
+                                   for conn in group)
+        history = {"offset": found.position.offset, "epoch": found.position.epoch,
+                   "publications": [p.as_dict() for p in found.publications]}
+        return _json({"result": {"channel": name, "namespace": namespace.name,
+                                 "history_size": channels.policy(name).size, "subscribers": subscribers,
+                                 "presence": presence, "history": history}})
 
     async def trace(self, request: web.Request) -> web.StreamResponse:
         if (refusal := self.authorized(request)) is not None:
@@ -160,6 +184,11 @@ class Admin:
         except ValueError as exc:
             return _error(400, "bad_request", str(exc))
         ws = web.WebSocketResponse(heartbeat=20)
+        if not ws.can_prepare(request).ok:
+            # A plain GET checks the key and the filter (the dashboard does this first: a
+            # browser's WebSocket shows no status or body when the handshake fails).
+            return _json({"result": {"filter": trace_filter.describe(),
+                                     "stream": "open this URL as a WebSocket to receive the records"}})
         await ws.prepare(request)
         watch = Watch(trace_filter)
         TRACER.add(watch)
@@ -195,26 +224,29 @@ class Admin:
         return ws
 
     async def _pump(self, ws: web.WebSocketResponse, get_batch, dropped) -> None:
-        """Send batches until the watcher goes away; a message from it ends the stream too."""
-        import asyncio
-
-        closing = asyncio.ensure_future(ws.receive())
+        """Send batches until the watcher goes away (what it sends is ignored). Sending
+        waits for the watcher's socket to drain; meanwhile records queue in its bounded
+        watch, the gateway never waits."""
+        receiving = asyncio.ensure_future(ws.receive())
         try:
             while not ws.closed:
                 batch_task = asyncio.ensure_future(get_batch(1.0))
-                done, _ = await asyncio.wait({batch_task, closing}, return_when=asyncio.FIRST_COMPLETED)
-                if closing in done:
+                done, _ = await asyncio.wait({batch_task, receiving}, return_when=asyncio.FIRST_COMPLETED)
+                if receiving in done:
                     batch_task.cancel()
-                    message = closing.result()
-                    if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR):
+                    message = receiving.result()
+                    if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                         break
-                    closing = asyncio.ensure_future(ws.receive())
-                    continue
+                    receiving = asyncio.ensure_future(ws.receive())
+                    if batch_task not in done:
+                        continue
                 batch = batch_task.result()
                 if batch:
                     await ws.send_str(dumps({"type": "batch", "items": batch, "dropped": dropped()}).decode())
+        except ConnectionError:
+            pass  # the watcher went away while a batch was being written
         finally:
-            closing.cancel()
+            receiving.cancel()
 
 
 def add_admin_routes(app: web.Application, gateway: Gateway) -> Admin:
