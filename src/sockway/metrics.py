@@ -23,6 +23,9 @@ class _HubCollector:
     def __init__(self, hub: Hub, extra) -> None:
         self.hub = hub
         self.extra = extra
+        self.seen: dict[str, set[str]] = {}
+        """Transports seen per endpoint: their gauge stays, at 0, once the last one closes
+        (a series that vanishes would read as "no data" rather than "no connections")."""
 
     def collect(self):
         hub = self.hub
@@ -33,17 +36,21 @@ class _HubCollector:
         bytes_in = CounterMetricFamily("sockway_bytes_received", "Bytes read from clients.", labels=["endpoint"])
         bytes_out = CounterMetricFamily("sockway_bytes_sent", "Bytes written to clients.", labels=["endpoint"])
         opened = CounterMetricFamily("sockway_connections_opened", "Connections opened.", labels=["endpoint"])
+        closed = CounterMetricFamily("sockway_connections_closed", "Connections closed.", labels=["endpoint"])
         for prefix, endpoint in hub.endpoints.items():
-            counts: dict[str, int] = {}
+            seen = self.seen.setdefault(prefix, set())
+            counts = dict.fromkeys(seen, 0)
             for conn in endpoint.clients:
                 counts[conn.transport_name] = counts.get(conn.transport_name, 0) + 1
+            seen.update(counts)
             for transport, count in sorted(counts.items()):
                 connections.add_metric([prefix, transport], count)
             received.add_metric([prefix], endpoint.messages_in)
             bytes_in.add_metric([prefix], endpoint.bytes_in)
             bytes_out.add_metric([prefix], endpoint.bytes_out)
             opened.add_metric([prefix], endpoint.opened_total)
-        yield from (connections, received, bytes_in, bytes_out, opened)
+            closed.add_metric([prefix], endpoint.closed_total)
+        yield from (connections, received, bytes_in, bytes_out, opened, closed)
 
         channels = hub.channels
         yield GaugeMetricFamily("sockway_channels", "Channels with subscribers on this node.",
