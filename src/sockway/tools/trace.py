@@ -12,8 +12,9 @@ its size, and the decoded payload. ``--jsonl`` prints the records as JSON. The g
 keeps at most 10,000 records per watcher in flight; if the terminal cannot keep up,
 records are dropped there and the count is shown.
 
-Exit status: 0 on Ctrl-C or after --count/--timeout, 1 if the gateway cannot be reached
-or refuses the key, 2 for a usage error.
+Exit status: 0 on Ctrl-C or after --count/--timeout, 1 if the gateway cannot be reached,
+refuses the key or the filter, or ends the trace (it stopped), 2 for a usage error (no
+key, a regular expression Python cannot compile).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 from urllib.parse import urlencode
@@ -58,6 +60,10 @@ def format_record(record: dict) -> str:
     details = [record["kind"], f"{record['size']}B"]
     if record.get("compressed"):
         details.append("deflate")
+    if "sockjs" in record:
+        details.append(f"sockjs={record['sockjs']}")
+    if "messages" in record:
+        details.append(f"messages={record['messages']}")
     if "code" in record:
         details.append(f"code={record['code']}")
     if record.get("fin") is False:
@@ -69,23 +75,44 @@ def format_record(record: dict) -> str:
     return f"{stamp} {arrow} {who} {where} [{' '.join(details)}] {record['data']}"
 
 
+async def _refusal(session, url: str, exc) -> str:
+    """Why the gateway refused the trace: its JSON error message, fetched again with a
+    plain GET (the handshake error carries only the status)."""
+    import aiohttp
+
+    detail = exc.message
+    try:
+        async with session.get(url.replace("ws", "http", 1), timeout=aiohttp.ClientTimeout(total=5)) as r:
+            body = await r.json(content_type=None)
+            detail = f"{body['error']['code']}: {body['error']['message']}"
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+        pass
+    return f"HTTP {exc.status} {detail}"
+
+
 async def _main(args: argparse.Namespace) -> int:
     import aiohttp
 
     if not args.key:
         print("sockway trace: the admin API needs --key (or SOCKWAY_API_KEY)", file=sys.stderr)
         return 2
+    if args.match:
+        try:
+            re.compile(args.match)
+        except re.error as exc:
+            print(f"sockway trace: invalid regular expression {args.match!r}: {exc}", file=sys.stderr)
+            return 2
     query = {k: v for k, v in (("endpoint", args.endpoint), ("conn", args.conn), ("user", args.user),
                                ("channel", args.channel), ("match", args.match)) if v}
     url = args.url.rstrip("/").replace("http", "ws", 1) + "/admin/api/trace?" + urlencode(query)
     count = 0
     async with aiohttp.ClientSession(headers={"X-API-Key": args.key}) as session:
         try:
-            ws = await session.ws_connect(url, heartbeat=30)
+            ws = await session.ws_connect(url, heartbeat=30, max_msg_size=0)
         except aiohttp.WSServerHandshakeError as exc:
-            print(f"sockway trace: the gateway refused: HTTP {exc.status} {exc.message}", file=sys.stderr)
+            print(f"sockway trace: the gateway refused: {await _refusal(session, url, exc)}", file=sys.stderr)
             return 1
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             print(f"sockway trace: cannot reach {args.url}: {exc}", file=sys.stderr)
             return 1
         dropped = 0
@@ -96,7 +123,9 @@ async def _main(args: argparse.Namespace) -> int:
                 except TimeoutError:
                     break
                 if message.type != aiohttp.WSMsgType.TEXT:
-                    break
+                    why = ws.exception() or (f"close code {ws.close_code}" if ws.close_code else "connection lost")
+                    print(f"sockway trace: the gateway ended the trace ({why})", file=sys.stderr)
+                    return 1
                 frame = json.loads(message.data)
                 if frame.get("type") == "trace":
                     if not args.jsonl:
@@ -119,4 +148,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_main(args))
     except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:  # piped into head(1) or a pager that quit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
