@@ -388,7 +388,9 @@ class NatsBroker(Broker):
 
         async def run() -> None:
             missed: list[tuple[Publication, int]] = []
-            for delay in (0.2, 0.5, 1.0, None):
+            # A loaded JetStream can time out a read: keep trying for ~10 s before the
+            # gap is accepted as lost.
+            for delay in (0.2, 0.5, 1.0, 2.0, 3.0, 3.0, None):
                 try:
                     missed = await self._walk_any(channel, since[2])
                     break
