@@ -28,6 +28,7 @@ import threading
 import time
 
 from sockway.client import TRANSPORTS, Closed, connect
+from sockway.tools import reader_gone
 
 __all__ = ["add_parser", "run"]
 
@@ -106,7 +107,14 @@ class Printer:
     def _above_prompt(self, stream, text: str, redraw: bool = True) -> None:
         """Print a line while input() may be showing the prompt: clear the prompt's
         line, print, then draw the prompt and what was typed so far again."""
-        prompting = self.reader is not None and self.reader.reading
+        if self.reader is None:
+            self._write(stream, text, False, redraw)
+            return
+        with self.reader.hold_screen():
+            self._write(stream, text, self.reader.reading, redraw)
+
+    @staticmethod
+    def _write(stream, text: str, prompting: bool, redraw: bool) -> None:
         sys.stdout.flush()
         stream.write(("\r\x1b[K" if prompting else "") + text + "\n")
         stream.flush()
@@ -136,13 +144,21 @@ def _headers(items: list[str]) -> dict[str, str]:
 class StdinReader:
     """Lines from stdin, read on request by a daemon thread: a read blocked on a
     terminal or a silent pipe must not keep the process alive after the connection
-    ends (a thread of asyncio's default executor would: asyncio.run waits for it)."""
+    ends (a thread of asyncio's default executor would: asyncio.run waits for it).
+
+    At a terminal, messages are printed while readline shows the prompt. ``screen``
+    keeps the two apart: readline holds it from just before it draws the prompt (its
+    startup hook) until the prompt is on the screen (its pre-input hook), when
+    ``reading`` becomes true; a message printed meanwhile waits, then clears the
+    prompt's line and draws it again below itself."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, prompt: str | None) -> None:
         self.loop = loop
         self.prompt = prompt
-        self.reading = False  # the prompt is (about to be) on the screen
+        self.reading = False  # the prompt is on the screen, readline waits for keys
         self.stopped = False  # the connection has ended: prompt no more
+        self.screen = threading.Lock()
+        self._drawing = False  # the reader thread holds ``screen``
         self._requests: queue.SimpleQueue[asyncio.Future] = queue.SimpleQueue()
         threading.Thread(target=self._run, name="sockway-cat-stdin", daemon=True).start()
 
@@ -154,23 +170,59 @@ class StdinReader:
 
     def stop(self) -> None:
         """No prompt after this; one already shown is cleared (we are exiting)."""
-        self.stopped = True
-        if self.reading and self.prompt is not None:
-            sys.stdout.write("\r\x1b[K")
-            sys.stdout.flush()
+        with self.hold_screen():
+            self.stopped = True
+            if self.reading and self.prompt is not None:
+                sys.stdout.write("\r\x1b[K")
+                sys.stdout.flush()
+
+    @contextlib.contextmanager
+    def hold_screen(self):
+        """Around output from the main thread; bounded, should readline never tell
+        that the prompt is drawn."""
+        held = self.screen.acquire(timeout=0.5)
+        try:
+            yield
+        finally:
+            if held:
+                self.screen.release()
+
+    def _drawing_prompt(self) -> None:  # readline's startup hook
+        if self.screen.acquire(timeout=0.5):
+            self._drawing = True
+
+    def _prompted(self) -> None:  # readline's pre-input hook
+        self.reading = True
+        self._done_drawing()
+
+    def _done_drawing(self) -> None:
+        if self._drawing:
+            self._drawing = False
+            self.screen.release()
 
     def _run(self) -> None:
+        hooked = False
+        if self.prompt is not None:
+            try:
+                import readline
+
+                readline.set_startup_hook(self._drawing_prompt)
+                readline.set_pre_input_hook(self._prompted)
+                hooked = True
+            except (ImportError, AttributeError):
+                pass
         while True:
             future = self._requests.get()
             if self.stopped:
                 return
             try:
                 if self.prompt is not None:
-                    self.reading = True
+                    self.reading = not hooked  # without the hooks: about to be drawn
                     try:
                         line: str | None = input(self.prompt)
                     finally:
                         self.reading = False
+                        self._done_drawing()
                 else:
                     line = sys.stdin.readline()
                     line = line[:-1] if line.endswith("\n") else (line or None)
@@ -350,6 +402,8 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(_main(args))
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:
+        return reader_gone()
     finally:
         if saved is not None:
             import termios
