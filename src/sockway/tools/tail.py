@@ -23,6 +23,7 @@ import os
 import sys
 
 from sockway.client.sockjs import TRANSPORTS
+from sockway.tools import reader_gone
 
 __all__ = ["add_parser", "run"]
 
@@ -185,12 +186,17 @@ async def _tail_channel(args: argparse.Namespace) -> int:
                     print(f"sockway tail: subscribe refused: {frame['error']['message']}", file=sys.stderr)
                     return 1
                 result = frame["result"]
-                for pub in result.get("publications", []):
-                    _out({"channel": args.name, "epoch": result["epoch"], **pub, "recovered": True})
-                    count += 1
+                publications = result.get("publications", [])
                 if args.since and not result.get("recovered"):
                     print("sockway tail: history does not cover the gap since "
                           f"{args.since}; showing live messages only", file=sys.stderr)
+                    publications = []  # a partial history would hide the gap
+                for pub in publications:
+                    if args.count is not None and count >= args.count:
+                        break
+                    _out({"type": "message", "channel": args.name, "epoch": result["epoch"], **pub,
+                          "recovered": True})
+                    count += 1
             elif kind in ("message", "join", "leave"):
                 _out(frame)
                 count += 1
@@ -206,3 +212,5 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(_tail_channel(args))
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:
+        return reader_gone()
