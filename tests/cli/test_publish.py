@@ -1,0 +1,152 @@
+"""``sockway publish`` against a running gateway: through the HTTP API (the result
+printed, a refusal with the server's message and status 1), through ZeroMQ PUSH and PUB,
+to one connection (--conn) or a broadcast endpoint (--endpoint), stdin lines, --json,
+and usage errors (status 2)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from cli_support import API_KEY, ChannelClient, CliGateway, T, WsClient, cli
+
+from support import free_port
+
+
+def channel_name() -> str:
+    return f"pub-{uuid.uuid4().hex[:10]}"
+
+
+def http(gw: CliGateway, key: str = API_KEY) -> list[str]:
+    return ["--url", gw.url, "--key", key]
+
+
+def test_http_publish_prints_the_result(gw: CliGateway) -> None:
+    channel = channel_name()
+    with ChannelClient(gw.ws + "/live/websocket") as client:
+        start = client.subscribe(channel)
+        result = cli("publish", channel, "hello ☃", *http(gw))
+        assert result.returncode == 0, result.stderr
+        printed = json.loads(result.stdout)
+        assert printed == {"channel": channel, "offset": start["offset"] + 1, "epoch": start["epoch"]}
+        (message,) = client.messages(1)
+        assert message["data"] == "hello ☃" and message["offset"] == printed["offset"]
+
+
+def test_http_json(gw: CliGateway) -> None:
+    channel = channel_name()
+    with ChannelClient(gw.ws + "/live/websocket") as client:
+        client.subscribe(channel)
+        result = cli("publish", channel, '{"title": "hi", "n": [1, 2]}', "--json", *http(gw))
+        assert result.returncode == 0, result.stderr
+        assert client.messages(1)[0]["data"] == {"title": "hi", "n": [1, 2]}
+        # Without --json the same text is a string.
+        cli("publish", channel, '{"title": "hi"}', *http(gw))
+        assert client.messages(1)[0]["data"] == '{"title": "hi"}'
+
+
+def test_http_stdin_lines(gw: CliGateway) -> None:
+    channel = channel_name()
+    with ChannelClient(gw.ws + "/live/websocket") as client:
+        client.subscribe(channel)
+        result = cli("publish", channel, *http(gw), input="one\ntwo\n\nthree\n")
+        assert result.returncode == 0, result.stderr
+        printed = [json.loads(line) for line in result.stdout.splitlines()]
+        assert len(printed) == 3  # the empty line is skipped
+        assert [p["offset"] for p in printed] == sorted(p["offset"] for p in printed)
+        assert [m["data"] for m in client.messages(3)] == ["one", "two", "three"]
+
+
+def test_http_stdin_json_lines(gw: CliGateway) -> None:
+    channel = channel_name()
+    with ChannelClient(gw.ws + "/live/websocket") as client:
+        client.subscribe(channel)
+        result = cli("publish", channel, "--json", *http(gw), input='{"a": 1}\n[2]\n"three"\n')
+        assert result.returncode == 0, result.stderr
+        assert [m["data"] for m in client.messages(3)] == [{"a": 1}, [2], "three"]
+
+
+def test_key_from_the_environment(gw: CliGateway) -> None:
+    channel = channel_name()
+    result = cli("publish", channel, "x", env={"SOCKWAY_URL": gw.url, "SOCKWAY_API_KEY": API_KEY})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["channel"] == channel
+
+
+def test_wrong_key(gw: CliGateway) -> None:
+    result = cli("publish", channel_name(), "x", *http(gw, key="not-the-key"))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    # The server's own message, with its status and code.
+    assert "refused: 401 unauthorized:" in result.stderr
+    assert "API key" in result.stderr
+
+
+def test_refusals_are_reported_and_the_rest_goes_on(gw: CliGateway) -> None:
+    result = cli("publish", "--endpoint", "/nope", *http(gw), input="a\nb\n")
+    assert result.returncode == 1
+    assert result.stderr.count("refused: 404 not_found: no broadcast endpoint '/nope'") == 2
+    result = cli("publish", "--conn", "nobody.1", "hi", *http(gw))
+    assert result.returncode == 1
+    assert "no open connection 'nobody.1'" in result.stderr
+
+
+def test_gateway_unreachable() -> None:
+    result = cli("publish", "news", "x", "--url", f"http://127.0.0.1:{free_port()}", "--key", "k")
+    assert result.returncode == 1
+    assert "cannot reach" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("via", ["http", "push", "pub"])
+def test_endpoint_broadcast(gw: CliGateway, via: str) -> None:
+    mark = f"to everyone {uuid.uuid4().hex[:6]} via {via}"
+    args = {"http": http(gw), "push": ["--zmq", gw.pull], "pub": ["--zmq", gw.sub, "--pub"]}[via]
+    with WsClient(gw.ws + "/quiet/websocket") as client:
+        result = cli("publish", "--endpoint", "/quiet", mark, *args)
+        assert result.returncode == 0, result.stderr
+        assert client.recv(T) == mark
+        if via == "http":
+            assert json.loads(result.stdout)["endpoint"] == "/quiet"
+        else:
+            assert result.stdout == ""  # ZeroMQ gives no answer
+
+
+@pytest.mark.parametrize("via", ["http", "push", "pub"])
+def test_conn(gw: CliGateway, via: str) -> None:
+    args = {"http": http(gw), "push": ["--zmq", gw.pull], "pub": ["--zmq", gw.sub, "--pub"]}[via]
+    with ChannelClient(gw.ws + "/live/websocket") as client:
+        result = cli("publish", "--conn", client.conn, '{"private": true}', "--json", *args)
+        assert result.returncode == 0, result.stderr
+        frame = client.next_frame(lambda f: f.get("type") == "message")
+        assert frame == {"type": "message", "data": {"private": True}}
+
+
+@pytest.mark.parametrize("via", ["push", "pub"])
+def test_zmq_channel(gw: CliGateway, via: str) -> None:
+    channel = channel_name()
+    args = ["--zmq", gw.pull] if via == "push" else ["--zmq", gw.sub, "--pub"]
+    with ChannelClient(gw.ws + "/live/websocket") as client:
+        client.subscribe(channel)
+        result = cli("publish", channel, "via zeromq", *args)
+        assert result.returncode == 0, result.stderr
+        assert client.messages(1)[0]["data"] == "via zeromq"
+        result = cli("publish", channel, "--json", *args, input='{"n": 1}\n{"n": 2}\n')
+        assert result.returncode == 0, result.stderr
+        assert [m["data"] for m in client.messages(2)] == [{"n": 1}, {"n": 2}]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["news", "x"], "say how to reach the gateway"),
+    (["x", "--url", "http://127.0.0.1:1"], "needs --key"),
+    ([], "give a CHANNEL"),
+    (["news", "not json", "--json", "--url", "http://127.0.0.1:1", "--key", "k"], "is not JSON"),
+    (["news", "x", "--zmq", "not-an-address"], "bad ZeroMQ address"),
+    (["--conn", "a.1", "--endpoint", "/chat", "x", "--zmq", "tcp://127.0.0.1:1"], "not allowed with argument"),
+    (["news", "x", "--url", "http://127.0.0.1:1", "--zmq", "tcp://127.0.0.1:1"], "not allowed with argument"),
+])
+def test_usage_errors(args: list[str], message: str) -> None:
+    result = cli("publish", *args, env={"SOCKWAY_URL": "", "SOCKWAY_API_KEY": ""})
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
