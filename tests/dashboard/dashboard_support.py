@@ -1,0 +1,327 @@
+"""Pieces of the observability tests: the gateway's configuration, the admin API over
+plain HTTP, the trace WebSocket, tokens, a minimal WebSocket client on a socket (for
+clients that must not read), and Chromium in a thread of its own.
+
+Every wait is bounded (``T`` seconds unless a test says otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import contextlib
+import json
+import os
+import queue
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import jwt
+
+T = 5.0
+API_KEY = "dashboard-test-key"
+JWT_SECRET = "dashboard-test-secret-of-at-least-32-bytes"
+
+CONFIG = f"""
+[server]
+sweep_interval = 0.2
+shutdown_timeout = 1
+
+[api]
+key = "{API_KEY}"
+
+[auth]
+jwt_secret = "{JWT_SECRET}"
+leeway = 0
+
+[[namespace]]
+name = ""
+publish = "open"
+history_size = 50
+presence = true
+
+[[namespace]]
+name = "quiet"
+publish = "open"
+
+[[endpoint]]
+prefix = "/echo"
+mode = "echo"
+compress_threshold = 64
+
+[[endpoint]]
+prefix = "/live"
+mode = "channels"
+
+[[endpoint]]
+prefix = "/other"
+mode = "echo"
+"""
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = T, interval: float = 0.05) -> Any:
+    """The first true value of ``predicate()`` within ``timeout`` seconds, else its
+    last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def token(sub: str, **claims: Any) -> str:
+    return jwt.encode({"sub": sub, "exp": int(time.time()) + 300, **claims}, JWT_SECRET, algorithm="HS256")
+
+
+# -- plain HTTP ---------------------------------------------------------------------------
+
+
+def http(url: str, headers: dict | None = None, data: bytes | None = None,
+         method: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=T) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def admin(base: str, path: str, key: str | None = API_KEY, **query: Any) -> tuple[int, Any]:
+    """GET an admin API path with the key in X-API-Key; (status, parsed JSON body)."""
+    url = base + path + ("?" + urlencode(query) if query else "")
+    status, _, body = http(url, {"X-API-Key": key} if key else {})
+    return status, json.loads(body)
+
+
+def stats(base: str) -> dict:
+    status, body = admin(base, "/admin/api/stats")
+    assert status == 200, body
+    return body["result"]
+
+
+def api_command(base: str, op: str, body: dict, key: str = API_KEY) -> tuple[int, Any]:
+    status, _, data = http(f"{base}/api/{op}", {"X-API-Key": key, "Content-Type": "application/json"},
+                           json.dumps(body).encode(), "POST")
+    return status, json.loads(data)
+
+
+def watchers(base: str) -> int:
+    return stats(base)["trace_watchers"]
+
+
+# -- the trace WebSocket ------------------------------------------------------------------
+
+
+class Trace:
+    """One watcher of /admin/api/trace: the records received so far and the last
+    dropped count."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, hello: dict) -> None:
+        self.ws = ws
+        self.hello = hello
+        self.records: list[dict] = []
+        self.dropped = 0
+
+    async def until(self, predicate: Callable[[list[dict]], Any], timeout: float = T) -> list[dict]:
+        """Read batches until ``predicate(records)`` holds; the records either way."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not predicate(self.records):
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            try:
+                message = await self.ws.receive(timeout=left)
+            except TimeoutError:
+                break
+            if message.type != aiohttp.WSMsgType.TEXT:
+                raise AssertionError(f"the trace ended: {message}")
+            frame = json.loads(message.data)
+            assert frame["type"] == "batch", frame
+            self.records.extend(frame["items"])
+            self.dropped = frame["dropped"]
+        return self.records
+
+    async def quiet(self, seconds: float = 0.5) -> list[dict]:
+        """Read whatever comes within ``seconds``."""
+        await self.until(lambda records: False, seconds)
+        return self.records
+
+
+@contextlib.asynccontextmanager
+async def trace(base: str, key: str = API_KEY, **filters: str):
+    """An open trace (filters: endpoint conn user channel match); the gateway has
+    registered the watcher when this yields."""
+    url = base.replace("http", "ws", 1) + "/admin/api/trace?" + urlencode({"key": key, **filters})
+    async with aiohttp.ClientSession() as session, session.ws_connect(url, max_msg_size=0) as ws:
+        hello = await ws.receive_json(timeout=T)
+        assert hello["type"] == "trace", hello
+        yield Trace(ws, hello)
+
+
+def records_of(records: list[dict], **fields: Any) -> list[dict]:
+    return [r for r in records if all(r.get(k) == v for k, v in fields.items())]
+
+
+# -- a WebSocket client that may never read -----------------------------------------------
+
+
+class RawClient:
+    """A WebSocket client on a plain socket (RFC 6455 section 4.1 handshake, masked
+    frames): for a client that sends without reading what comes back."""
+
+    def __init__(self, port: int, path: str, rcvbuf: int | None = None) -> None:
+        self.sock = socket.socket()
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(T)
+        self.sock.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(1)
+            if not chunk:
+                raise ConnectionError("closed during the handshake")
+            head += chunk
+        self.status = int(head.split(b" ", 2)[1])
+        if self.status != 101:
+            raise ConnectionError(head.decode(errors="replace"))
+
+    @staticmethod
+    def frame(opcode: int, payload: bytes) -> bytes:
+        n = len(payload)
+        if n < 126:
+            head = bytes((0x80 | opcode, 0x80 | n))
+        elif n < 65536:
+            head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+        else:
+            head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+        return head + b"\0\0\0\0" + payload  # a zero mask key is a valid mask
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        self.sock.sendall(self.frame(opcode, payload))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- Chromium -----------------------------------------------------------------------------
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+class Chromium:
+    """Headless Chromium driven through Playwright's sync API from a thread of its own
+    (while that API is open in a thread, asyncio believes a loop runs there, and the
+    tests use asyncio.run() in the main thread). ``run(fn)`` calls ``fn(browser)`` in
+    that thread and returns its result or raises its exception."""
+
+    def __init__(self, executable: str) -> None:
+        self._jobs: queue.Queue = queue.Queue()
+        ready: concurrent.futures.Future = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._main, args=(executable, ready),
+                                        name="dashboard-chromium", daemon=True)
+        self._thread.start()
+        ready.result(timeout=60)
+
+    def _main(self, executable: str, ready: concurrent.futures.Future) -> None:
+        from playwright.sync_api import sync_playwright
+
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+                ready.set_result(None)
+                try:
+                    while (job := self._jobs.get()) is not None:
+                        fn, future = job
+                        if future.set_running_or_notify_cancel():
+                            try:
+                                future.set_result(fn(browser))
+                            except BaseException as exc:
+                                future.set_exception(exc)
+                finally:
+                    browser.close()
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+
+    def run(self, fn: Callable[[Any], Any], timeout: float = 60.0) -> Any:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((fn, future))
+        return future.result(timeout)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(15)
+
+
+class DashboardPage:
+    """The dashboard in a fresh browser context. Methods run in the browser's thread;
+    every wait in them is bounded by ``T``."""
+
+    def __init__(self, chromium: Chromium, base: str, viewport: tuple[int, int] = (1400, 1000)) -> None:
+        self.chromium = chromium
+        self.errors: list[str] = []
+
+        def setup(browser):
+            context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+            page = context.new_page()
+            page.set_default_timeout(T * 1000)
+            page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+            page.goto(base + "/admin/")
+            return context, page
+
+        self.context, self.page = chromium.run(setup)
+
+    def __call__(self, fn: Callable[[Any], Any], timeout: float = 60.0) -> Any:
+        """Run ``fn(page)`` in the browser's thread."""
+        return self.chromium.run(lambda browser: fn(self.page), timeout)
+
+    def sign_in(self, key: str) -> None:
+        def go(page):
+            page.fill("#key-input", key)
+            page.click("#key-submit")
+        self(go)
+
+    def text(self, selector: str) -> str:
+        return self(lambda page: page.inner_text(selector))
+
+    def wait_text(self, selector: str, expected: str, timeout: float = T) -> str:
+        """Wait until the element's text contains ``expected``; its text."""
+        def go(page):
+            page.wait_for_function(
+                "([s, t]) => { const e = document.querySelector(s); return e && e.innerText.includes(t); }",
+                arg=[selector, expected], timeout=timeout * 1000)
+            return page.inner_text(selector)
+        return self(go)
+
+    def close(self) -> None:
+        self.chromium.run(lambda browser: self.context.close())
+
+
+@contextlib.contextmanager
+def dashboard_page(chromium: Chromium, base: str, **kwargs: Any) -> Iterator[DashboardPage]:
+    page = DashboardPage(chromium, base, **kwargs)
+    try:
+        yield page
+    finally:
+        page.close()
