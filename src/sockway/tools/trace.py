@@ -28,6 +28,8 @@ import sys
 import time
 from urllib.parse import urlencode
 
+from sockway.tools import reader_gone
+
 __all__ = ["add_parser", "run"]
 
 ARROWS = {"in": "<", "out": ">", "publish": "*"}
@@ -150,5 +152,4 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:  # piped into head(1) or a pager that quit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return reader_gone()
