@@ -74,7 +74,8 @@ def format_record(record: dict) -> str:
         details.append(f"#{record['offset']}")
     if record.get("user"):
         details.append(f"user={record['user']}")
-    return f"{stamp} {arrow} {who} {where} [{' '.join(details)}] {record['data']}"
+    head = " ".join(part for part in (stamp, arrow, who, where, f"[{' '.join(details)}]") if part)
+    return f"{head} {record['data']}"
 
 
 async def _refusal(session, url: str, exc) -> str:
