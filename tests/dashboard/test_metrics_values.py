@@ -292,3 +292,19 @@ def test_events_and_their_queue(mgw, webhook):
     assert value(after, "sockway_events_emitted_total") - value(before, "sockway_events_emitted_total") == 7
     assert value(after, "sockway_events_dropped_total", output="webhook") == 0
     assert [e["type"] for e in webhook.events[-7:]] == ["open", *["message"] * 5, "close"]
+
+
+@pytest.mark.xfail(strict=True, reason="edge/routes.py does not add SockJS HTTP request bodies to bytes_in")
+@pytest.mark.parametrize("transport", ["xhr-polling", "xhr-streaming"])
+def test_bytes_received_over_sockjs_http(mgw, transport):
+    """What SockJS clients post (xhr_send) is read from them too."""
+    async def main():
+        async with connect(mgw.url + "/echo", transport=transport) as client:
+            before = await asyncio.to_thread(scrape, mgw)
+            await client.send("x" * 1000)
+            assert await client.recv(T) == "x" * 1000
+            return before, await asyncio.to_thread(scrape, mgw)
+
+    before, after = asyncio.run(main())
+    name = "sockway_bytes_received_total"
+    assert value(after, name, endpoint="/echo") - value(before, name, endpoint="/echo") >= 1000
