@@ -38,7 +38,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     via.add_argument("--url", default=os.environ.get("SOCKWAY_URL"),
                      help="gateway base URL for the HTTP API (or SOCKWAY_URL)")
     via.add_argument("--zmq", metavar="ADDRESS", help="ZeroMQ address of the gateway's PULL (or SUB, with --pub)")
-    via.add_argument("--redis", metavar="URL", help="Redis URL of a cluster using the redis broker")
+    via.add_argument("--redis", metavar="URL",
+                     help="the Redis broker URL of a cluster ([broker] url, its ?prefix= included)")
     p.add_argument("--key", default=os.environ.get("SOCKWAY_API_KEY"), help="API key (or SOCKWAY_API_KEY)")
     p.add_argument("--pub", action="store_true", help="with --zmq: a PUB socket (waits for the subscription)")
     return p
@@ -124,9 +125,41 @@ def run(args: argparse.Namespace) -> int:
                 for cmd in _commands(args, [line]):
                     publisher.socket.send(json.dumps(cmd).encode())
         return 0
-    from sockway.app_redis import publish_command  # type: ignore[attr-defined]
+    return _run_redis(args, lines())
 
-    for line in lines():
+
+def _run_redis(args: argparse.Namespace, lines) -> int:
+    """Commands pushed onto the cluster's command list; each result (or refusal) comes
+    back from the node that ran it. ``--redis`` takes the broker URL of the gateway's
+    configuration as is: its ``prefix`` names the list."""
+    from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+    import redis
+
+    from sockway.app import GatewayError
+    from sockway.app_redis import RedisCommands
+
+    parts = urlsplit(args.redis)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        print(f"sockway publish: --redis takes a redis:// URL, got {args.redis!r}", file=sys.stderr)
+        return 2
+    prefix = parse_qs(parts.query).get("prefix", ["sockway"])[0]
+    gateway = RedisCommands(urlunsplit(parts._replace(query="")), prefix=prefix)
+    status = 0
+    for line in lines:
         for cmd in _commands(args, [line]):
-            publish_command(args.redis, cmd)
-    return 0
+            op = cmd.pop("op")
+            try:
+                result = gateway.command(op, wait=True, **cmd)
+            except GatewayError as exc:
+                print(f"sockway publish: refused: {exc}", file=sys.stderr)
+                status = 1
+            except TimeoutError as exc:
+                print(f"sockway publish: {exc} (is a gateway using this Redis?)", file=sys.stderr)
+                return 1
+            except redis.RedisError as exc:
+                print(f"sockway publish: cannot reach {args.redis}: {exc}", file=sys.stderr)
+                return 1
+            else:
+                print(json.dumps(result))
+    return status
