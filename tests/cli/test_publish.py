@@ -1,17 +1,19 @@
 """``sockway publish`` against a running gateway: through the HTTP API (the result
 printed, a refusal with the server's message and status 1), through ZeroMQ PUSH and PUB,
 to one connection (--conn) or a broadcast endpoint (--endpoint), stdin lines, --json,
-and usage errors (status 2)."""
+through Redis (a cluster's broker), and usage errors (status 2)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
+from collections.abc import Iterator
 
 import pytest
-from cli_support import API_KEY, ChannelClient, CliGateway, T, WsClient, cli
+from cli_support import API_KEY, GATEWAY_TOML, JWT_SECRET, ChannelClient, CliGateway, T, WsClient, cli, wait_tcp
 
-from support import free_port
+from support import config_gateway, free_port, require_program
 
 
 def channel_name() -> str:
@@ -150,3 +152,55 @@ def test_usage_errors(args: list[str], message: str) -> None:
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- through Redis -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_gw() -> Iterator[tuple[CliGateway, str]]:
+    """A gateway on the Redis broker (a redis-server of its own) and the broker URL."""
+    server = require_program("redis-server", "apt-get install redis-server")
+    port = free_port()
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_tcp(port)
+        url = f"redis://127.0.0.1:{port}/0?prefix=cli{uuid.uuid4().hex[:6]}"
+        sub, pull = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
+        toml = GATEWAY_TOML.format(origin="http://x", key=API_KEY, secret=JWT_SECRET, sub=sub, pull=pull,
+                                   push_line="") + f'\n[broker]\nurl = "{url}"\n'
+        with config_gateway(toml) as proc_gw:
+            yield CliGateway(proc_gw, sub, pull), url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_redis(redis_gw: tuple[CliGateway, str]) -> None:
+    gw, url = redis_gw
+    channel = channel_name()
+    with ChannelClient(gw.ws + "/live/websocket") as client:
+        client.subscribe(channel)
+        result = cli("publish", channel, "via redis", "--redis", url)
+        assert result.returncode == 0, result.stderr
+        printed = json.loads(result.stdout)
+        assert printed["channel"] == channel
+        message = client.messages(1)[0]
+        assert message["data"] == "via redis" and message["offset"] == printed["offset"]
+        result = cli("publish", "--conn", client.conn, "to you", "--redis", url)
+        assert result.returncode == 0, result.stderr
+        assert client.next_frame(lambda f: f.get("type") == "message") == {"type": "message", "data": "to you"}
+    result = cli("publish", "--endpoint", "/nope", "x", "--redis", url)
+    assert result.returncode == 1
+    assert "refused: 404" in result.stderr
+
+
+def test_redis_unreachable() -> None:
+    result = cli("publish", "news", "x", "--redis", f"redis://127.0.0.1:{free_port()}/0")
+    assert result.returncode == 1
+    assert "cannot reach" in result.stderr and "Traceback" not in result.stderr
