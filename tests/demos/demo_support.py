@@ -92,16 +92,16 @@ def demo_config_copy(tunnel_port: int) -> str:
 
 
 @contextlib.contextmanager
-def demo_gateway() -> Iterator[DemoGateway]:
+def demo_gateway(env: dict[str, str] | None = None) -> Iterator[DemoGateway]:
     """``sockway serve --config demos/sockway.toml`` on free ports: HTTP and ZeroMQ
     through the environment variables a user would set, the tunnel through a copy of
-    the file."""
+    the file. ``env``: more settings, as ``VAR=value make demo`` would give them."""
     port, sub_port, pull_port, tunnel_port = (free_port() for _ in range(4))
     sub, pull = f"tcp://127.0.0.1:{sub_port}", f"tcp://127.0.0.1:{pull_port}"
     with tempfile.NamedTemporaryFile("w", prefix="sockway-demo-", suffix=".toml", delete=False) as f:
         f.write(demo_config_copy(tunnel_port))
-    env = {"SOCKWAY_PORT": str(port), "SOCKWAY_ZEROMQ_SUB": sub, "SOCKWAY_ZEROMQ_PULL": pull}
-    proc = GatewayProcess(["serve", "--config", f.name], port, env)
+    full_env = {"SOCKWAY_PORT": str(port), "SOCKWAY_ZEROMQ_SUB": sub, "SOCKWAY_ZEROMQ_PULL": pull, **(env or {})}
+    proc = GatewayProcess(["serve", "--config", f.name], port, full_env)
     try:
         proc.wait_ready()
         for p in (sub_port, pull_port, tunnel_port):
