@@ -7,6 +7,10 @@ as ``{"from": "tcp <address>", "text": line}``; it is subscribed to the channel 
 receives every publication as one line (``[from] text`` for such objects, the data
 itself for strings, JSON otherwise). Its own lines come back to it too, like everyone
 else's: the channel is the conversation.
+
+A TCP client that stops reading is a slow consumer like any other: once more than the
+endpoint's ``max_buffer`` (1 MiB by default) waits for it, it is disconnected (4008)
+rather than holding gateway memory without bound.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ class TcpLineConnection(Connection, asyncio.Protocol):
     """One TCP client. It takes the SockJS encoding of messages (a JSON string, shared
     with every SockJS recipient of the same publication) and turns it into a line."""
 
-    __slots__ = ("_buffer", "_closed", "_max", "_transport")
+    __slots__ = ("_buffer", "_close_code", "_close_reason", "_closed", "_max", "_max_buffer", "_transport")
     transport_name: ClassVar[str] = "tcp"
     encoding_key = SOCKJS
 
@@ -78,7 +82,10 @@ class TcpLineConnection(Connection, asyncio.Protocol):
         super().__init__(endpoint, "?", None)
         self._buffer = b""
         self._closed = False
+        self._close_code = closecodes.NORMAL
+        self._close_reason = ""
         self._max = max_line
+        self._max_buffer = endpoint.config.max_buffer
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -100,17 +107,28 @@ class TcpLineConnection(Connection, asyncio.Protocol):
             self.close(closecodes.MESSAGE_TOO_BIG, f"line longer than {self._max} bytes")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closed and exc is not None:
+            self._close_code = closecodes.ABNORMAL
         self._closed = True
-        self.endpoint.closed(self, closecodes.NORMAL if exc is None else closecodes.ABNORMAL, "")
+        self.endpoint.closed(self, self._close_code, self._close_reason)
 
     def push(self, encoded: bytes) -> None:
-        if not self._closed and self._transport is not None:
-            self._transport.write(line_for(loads(encoded)).encode() + b"\n")
+        if self._closed or self._transport is None:
+            return
+        line = line_for(loads(encoded)).encode() + b"\n"
+        if self._transport.get_write_buffer_size() + len(line) > self._max_buffer:
+            log.info("%s: over %d bytes wait for this TCP client, disconnecting it", self.remote, self._max_buffer)
+            self._closed = True
+            self._close_code, self._close_reason = closecodes.SLOW_CONSUMER, "slow consumer: outgoing buffer full"
+            self._transport.abort()  # what waits for it is dropped
+            return
+        self._transport.write(line)
 
     def close(self, code: int = closecodes.NORMAL, reason: str = "") -> None:
         if self._closed or self._transport is None:
             return
         self._closed = True
+        self._close_code, self._close_reason = code, reason
         if reason:
             self._transport.write(f"* closed: {reason}\n".encode())
         self._transport.close()
