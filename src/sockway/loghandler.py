@@ -12,7 +12,8 @@ Each record is published to ``channel`` as
 through the gateway's ZeroMQ PULL socket (a PUSH connection keeps what it sends until
 it is connected, so the first records are not lost), or through the HTTP API with
 ``url=`` and ``key=``. Shipping never raises into the application: a failure is
-reported once through ``logging.Handler.handleError``.
+reported once through ``logging.Handler.handleError`` (the first of an outage: nothing
+more until a record gets through again, then the next failure is reported).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class SockwayHandler(logging.Handler):
         self.timeout = timeout
         self.socket = None
         self.context = None
+        self.failing = False  # the last record could not be shipped (reported already)
         if zmq:
             import atexit
 
@@ -80,7 +82,11 @@ class SockwayHandler(logging.Handler):
                 with urllib.request.urlopen(request, timeout=self.timeout):
                     pass
         except Exception:
-            self.handleError(record)
+            if not self.failing:
+                self.failing = True
+                self.handleError(record)
+        else:
+            self.failing = False
 
     def close(self) -> None:
         if self.socket is not None:
