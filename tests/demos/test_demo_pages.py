@@ -153,7 +153,8 @@ def test_canvas_strokes_appear_in_the_other_browser(open_page: OpenPage) -> None
 # -- live logs --------------------------------------------------------------------------------------
 
 
-def test_logs_from_python_logging(open_page: OpenPage, demo: DemoGateway) -> None:
+@pytest.mark.parametrize("via", ["zeromq", "http"])
+def test_logs_from_python_logging(open_page: OpenPage, demo: DemoGateway, via: str) -> None:
     from sockway.loghandler import SockwayHandler
 
     page = open_page("/logs.html")
@@ -163,7 +164,10 @@ def test_logs_from_python_logging(open_page: OpenPage, demo: DemoGateway) -> Non
     logger = logging.getLogger(f"shop.{mark}")
     logger.propagate = False
     logger.setLevel(logging.DEBUG)
-    handler = SockwayHandler(demo.pull, channel="logs")
+    if via == "zeromq":
+        handler = SockwayHandler(demo.pull, channel="logs")
+    else:
+        handler = SockwayHandler(url=demo.url, key=demo.key, channel="logs")
     logger.addHandler(handler)
     try:
         logger.warning("payment %s declined", mark)
