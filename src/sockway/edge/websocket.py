@@ -90,12 +90,15 @@ class WebSocketConnection(Connection, asyncio.Protocol):
         "_closing",
         "_coalescer",
         "_decoder",
+        "_fast",
         "_fragments",
+        "_head",
         "_lost",
         "_max_buffer",
         "_pending",
         "_pending_bytes",
         "_ping_sent",
+        "_skip",
         "_transport",
         "_ws",
         "close_code",
@@ -128,6 +131,9 @@ class WebSocketConnection(Connection, asyncio.Protocol):
         self._decoder: codecs.IncrementalDecoder | None = None  # for a fragmented text
         self._closing = False
         self._lost = False
+        self._fast = not ws.extensions
+        self._head = b""
+        self._skip = 0
         self._abort_handle: asyncio.TimerHandle | None = None
         self._ping_sent: float | None = None
         self.last_recv = 0.0
@@ -151,11 +157,14 @@ class WebSocketConnection(Connection, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         ws = self._ws
-        if self._fragments is None and not ws.reader.buffer and ws.state is _OPEN and not self._closing:
-            consumed = self._simple_frames(data)
-            if consumed == len(data):
-                return
-            data = data[consumed:]
+        if self._fast:
+            if (not self._skip and not self._head and self._fragments is None and ws.state is _OPEN
+                    and not self._closing):
+                consumed = self._simple_frames(data)
+                if consumed == len(data):
+                    return
+                data = data[consumed:]
+            self._track(data)
         ws.receive_data(data)
         endpoint = self.endpoint
         endpoint.bytes_in += len(data)
@@ -212,6 +221,36 @@ class WebSocketConnection(Connection, asyncio.Protocol):
             elif opcode is _CLOSE:
                 self._closing = True
         self._write_protocol_output()
+
+    def _track(self, data: bytes) -> None:
+        """Follow frame boundaries in what goes to the ``websockets`` protocol, reading
+        headers only, so that the fast path resumes exactly at the start of a frame:
+        ``_head`` holds an incomplete header, ``_skip`` the payload bytes still to come."""
+        size = len(data)
+        i = 0
+        while i < size:
+            if self._skip:
+                step = min(self._skip, size - i)
+                self._skip -= step
+                i += step
+                continue
+            head = self._head + data[i:i + 14]
+            if len(head) < 2:
+                self._head = head
+                return
+            second = head[1]
+            length = second & 0x7F
+            need = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if second & 0x80 else 0)
+            if len(head) < need:
+                self._head = head
+                return
+            if length == 126:
+                length = int.from_bytes(head[2:4], "big")
+            elif length == 127:
+                length = int.from_bytes(head[2:10], "big")
+            i += need - len(self._head)
+            self._head = b""
+            self._skip = length
 
     def _simple_frames(self, data: bytes) -> int:
         """The fast path for the common frame: final, masked, not compressed, text or
