@@ -356,3 +356,14 @@ def test_index_tool_commands(demo: DemoGateway) -> None:
     assert len(cat) == 1
     result = run_shell("echo ping | " + demo.localize(cat[0].split("#")[0]) + " --linger 0.3")
     assert result.stdout == "ping\n"
+
+
+@pytest.mark.parametrize("path", ["/chat.html", "/canvas.html", "/broadcast.html", "/echo.html", "/logs.html",
+                                  "/tunnel.html"])
+def test_every_page_takes_a_forced_transport(open_page: OpenPage, path: str) -> None:
+    """The index says: add ?transport=... to a demo's URL to force one."""
+    page = open_page(f"{path}?transport=xhr-polling")
+    if path in ("/logs.html", "/tunnel.html"):  # sockway.js pages
+        assert page.evaluate("() => client.transport") == "sockjs/xhr-polling"
+    else:
+        assert page.text_content("#status") == "connected over xhr-polling"
