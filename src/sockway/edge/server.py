@@ -30,6 +30,8 @@ __all__ = ["Gateway", "find_sockjs_client", "run"]
 log = logging.getLogger("sockway")
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+STEP_TIMEOUT = 3.0
+"""Seconds each shutdown step after closing the clients may take."""
 
 
 def find_sockjs_client(configured: str | None) -> Path | None:
@@ -189,23 +191,33 @@ class Gateway:
 
     async def stop(self) -> None:
         """Stop accepting, close every client with 1001, wait for them (bounded by
-        shutdown_timeout), then close what is left."""
+        shutdown_timeout), then close what is left. Every step after the clients' is
+        bounded too (STEP_TIMEOUT): a bridge or a broker that does not answer is logged
+        with where it waits, and left behind, so the process always exits."""
         for server in self.servers:
             server.close()
         deadline = self.loop.time() + self.config.shutdown_timeout
         await self.hub.shutdown(self.config.shutdown_timeout)
         await self._drain_events(max(0.0, deadline - self.loop.time()))
         for bridge in self.bridges:
-            await bridge.stop()
+            await self._bounded(bridge.stop(), f"stopping {type(bridge).__name__}")
         for endpoint in self.hub.endpoints.values():
             for conn in list(endpoint.clients):
                 abort = getattr(conn, "_abort", None)
                 if abort is not None:
                     abort()
         if self.runner is not None:
-            await self.runner.cleanup()
-        await self.hub.close_broker()
+            await self._bounded(self.runner.cleanup(), "closing HTTP connections")
+        await self._bounded(self.hub.close_broker(), "disconnecting from the broker")
 
+    async def _bounded(self, step, what: str) -> None:
+        try:
+            await asyncio.wait_for(step, STEP_TIMEOUT)
+        except TimeoutError:
+            log.warning("shutdown: %s did not finish within %.0fs; going on", what, STEP_TIMEOUT)
+            _dump_tasks()
+        except Exception:
+            log.exception("shutdown: %s failed", what)
 
     async def _drain_events(self, timeout: float) -> None:
         """Give the outputs a bounded time to hand over the last events (the closes)."""
@@ -218,6 +230,21 @@ def _install_signal_handlers(loop: asyncio.AbstractEventLoop, gateway: Gateway) 
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Unix
             loop.add_signal_handler(sig, gateway.request_stop)
+    with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+        loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
+
+
+def _dump_tasks() -> None:
+    """``kill -USR1 <pid>``: log every asyncio task and where it waits (for a gateway
+    that does not do what it should, such as a shutdown that does not end)."""
+    import io
+
+    tasks = asyncio.all_tasks()
+    log.warning("SIGUSR1: %d task(s)", len(tasks))
+    for task in tasks:
+        out = io.StringIO()
+        task.print_stack(limit=12, file=out)
+        log.warning("%r\n%s", task, out.getvalue())
 
 
 def _use_uvloop() -> None:
