@@ -4,6 +4,7 @@ reason, fail under CI=true)."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -21,6 +22,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+_LOGS: list[str] = []
+
+
+@atexit.register
+def _remove_logs() -> None:
+    """Gateway logs are read by the tests (and shown when one fails); they go when the
+    test run ends, unless SOCKWAY_KEEP_TEST_LOGS is set."""
+    if os.environ.get("SOCKWAY_KEEP_TEST_LOGS"):
+        return
+    for path in _LOGS:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def require_program(name: str, hint: str) -> str:
@@ -49,6 +62,7 @@ class GatewayProcess:
         self.args = args
         # Open for the life of the process: its output is read when a test fails.
         self.log = tempfile.NamedTemporaryFile(prefix="sockway-", suffix=".log", delete=False)  # noqa: SIM115
+        _LOGS.append(self.log.name)
         full_env = dict(os.environ)
         full_env.update(env or {})
         self.proc = subprocess.Popen(
