@@ -141,8 +141,10 @@ class PtySession:
         env = dict(os.environ, HOME=str(home), TERM="xterm", INPUTRC="/dev/null", COLUMNS="200",
                    LINES="50")
         env.pop("PYTHONSTARTUP", None)
+        # A session of its own whose controlling terminal is the pty, so that Ctrl-C
+        # typed there is a SIGINT for it, as at a real terminal.
         self.proc = subprocess.Popen([*SOCKWAY, *args], stdin=slave, stdout=slave, stderr=slave,
-                                     env=env, cwd=ROOT, start_new_session=True)
+                                     env=env, cwd=ROOT, start_new_session=True, preexec_fn=_take_terminal)
         os.close(slave)
         self.output = b""
         self.pos = 0  # how far expect() has matched
@@ -209,6 +211,13 @@ class PtySession:
                 self.proc.wait(5)
         with contextlib.suppress(OSError):
             os.close(self.master)
+
+
+def _take_terminal() -> None:
+    import fcntl
+    import termios
+
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 @contextlib.contextmanager

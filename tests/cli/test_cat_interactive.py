@@ -1,6 +1,6 @@
 """``sockway cat`` at a terminal, driven through a pseudo-terminal (Python's pty module):
 the prompt, lines sent, messages printed as they arrive, readline history (the up arrow,
-~/.sockway_history under a temporary HOME), /close CODE REASON, /quit, Ctrl-D, and a
+~/.sockway_history under a temporary HOME), /close CODE REASON, /quit, Ctrl-D, Ctrl-C, and a
 close by the server while the prompt waits."""
 
 from __future__ import annotations
@@ -121,6 +121,17 @@ def test_ctrl_d(gw: CliGateway, home: Path) -> None:
         term.send("\x04")
         assert term.wait() == 0
         term.expect(r"\r\n\* close code=1000 reason='' by='client'")
+
+
+def test_ctrl_c(gw: CliGateway, home: Path) -> None:
+    with pty_session("cat", gw.ws + "/echo/websocket", home=home) as term:
+        term.expect(PROMPT)
+        term.send("half a line")
+        term.expect("half a line")
+        term.send("\x03")
+        assert term.wait() == 0
+        term.expect(r"\* close code=1000 reason='' by='client'")
+        assert "Traceback" not in term.text
 
 
 def test_server_closes_while_the_prompt_waits(gw: CliGateway, home: Path) -> None:
