@@ -303,14 +303,14 @@ async def _main(args: argparse.Namespace) -> int:
                 continue
             if interactive and not line:
                 continue
+            if args.jsonl:  # before sending: an answer may arrive before send() returns
+                printer.event("out", data=line, **({"binary": True} if args.binary else {}))
             try:
                 await conn.send(line.encode() if args.binary else line)
             except Exception as exc:
                 if conn.close_code is None:
                     print(f"sockway cat: could not send: {exc}", file=sys.stderr)
                 return
-            if args.jsonl:
-                printer.event("out", data=line, **({"binary": True} if args.binary else {}))
 
     sender = loop.create_task(send_lines()) if reader is not None else None
     deadline = loop.time() + args.timeout if args.timeout else None
