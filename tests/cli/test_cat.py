@@ -114,6 +114,19 @@ def test_jsonl_records(gw: CliGateway) -> None:
     assert recs[-1]["t"] - ins[-1] >= 0.2
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_jsonl_sockjs_order(gw: CliGateway, transport: str) -> None:
+    """Over every transport, each echo is recorded after the message that caused it."""
+    result = cli("cat", gw.url + "/echo", "-t", transport, "--jsonl", "--linger", "0.5", input="a\nb\nc\n")
+    assert result.returncode == 0, result.stderr
+    recs = records(result.stdout)
+    assert recs[0]["transport"] == transport
+    sequence = [(r["dir"], r["data"]) for r in recs if r["dir"] in ("in", "out")]
+    for data in "abc":
+        assert sequence.index(("out", data)) < sequence.index(("in", data)), sequence
+    assert [d for k, d in sequence if k == "in"] == ["a", "b", "c"]
+
+
 @pytest.mark.parametrize("transport", [None, *TRANSPORTS])
 def test_jsonl_server_close_code(testserver, transport: str | None) -> None:
     """The SockJS test server's /close closes every session with 3000 "Go away!"."""
