@@ -149,6 +149,22 @@ def run_shell(command: str, timeout: float = 30.0) -> subprocess.CompletedProces
     return result
 
 
+def require_php_zmq() -> str:
+    """The php program with the zmq extension loaded, or skip (fail under CI=true)."""
+    import pytest
+
+    from support import IN_CI, require_program
+
+    php = require_program("php", "apt-get install php-cli php-zmq")
+    modules = subprocess.run([php, "-m"], capture_output=True, text=True, timeout=30).stdout.split()
+    if "zmq" not in modules:
+        message = "php's zmq extension is not loaded: apt-get install php-zmq"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return php
+
+
 # -- the tunnel's TCP side -----------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from demo_support import (
     LineClient,
     command_lines,
     page_commands,
+    require_php_zmq,
     run_shell,
 )
 from playwright.sync_api import Page
@@ -201,9 +202,7 @@ def test_logs_snippet_on_the_page(open_page: OpenPage, demo: DemoGateway) -> Non
 
 
 def test_logs_from_php(open_page: OpenPage, demo: DemoGateway) -> None:
-    from support import require_program
-
-    php = require_program("php", "apt-get install php-cli php-zmq")
+    php = require_php_zmq()
     page = open_page("/logs.html")
     page.wait_for_function("() => client.getSubscription('logs').state === 'subscribed'")
     mark = uuid.uuid4().hex[:8]
@@ -284,8 +283,7 @@ def test_broadcast_page_commands(open_page: OpenPage, demo: DemoGateway) -> None
     for kind, (command,) in by_kind.items():
         assert expected[kind] in command
         if kind == "php":
-            if not _php_zmq():
-                continue
+            require_php_zmq()
             # The script's default address is the demo's PULL socket; point it here.
             command = command.replace("publish.php ", f"publish.php --to={demo.pull} ")
         result = run_shell(demo.localize(command))
@@ -301,16 +299,6 @@ def test_broadcast_reaches_every_browser(open_page: OpenPage, demo: DemoGateway)
                             "--url http://127.0.0.1:8080 --key demo"))
     for page in pages:
         wait_log(page, mark)
-
-
-def _php_zmq() -> bool:
-    import shutil
-
-    php = shutil.which("php")
-    if php is None:
-        return False
-    modules = subprocess.run([php, "-m"], capture_output=True, text=True, timeout=30).stdout.split()
-    return "zmq" in modules
 
 
 # -- echo and the index ---------------------------------------------------------------------------
