@@ -25,6 +25,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 import jwt
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 T = 5.0
 API_KEY = "dashboard-test-key"
@@ -308,9 +309,18 @@ class DashboardPage:
     def wait_text(self, selector: str, expected: str, timeout: float = T) -> str:
         """Wait until the element's text contains ``expected``; its text."""
         def go(page):
-            page.wait_for_function(
-                "([s, t]) => { const e = document.querySelector(s); return e && e.innerText.includes(t); }",
-                arg=[selector, expected], timeout=timeout * 1000)
+            try:
+                page.wait_for_function(
+                    "([s, t]) => { const e = document.querySelector(s); return e && e.innerText.includes(t); }",
+                    arg=[selector, expected], timeout=timeout * 1000)
+            except PlaywrightTimeout:
+                now = page.evaluate("(s) => { const e = document.querySelector(s); return e && e.innerText; }",
+                                    selector)
+                state = page.evaluate("""() => ['status-text', 'banner-text', 'trace-state', 'trace-counts',
+                    'trace-error'].map((id) => id + ': ' + document.getElementById(id).textContent).join('\\n')""")
+                tail = now if now is None else now[-1500:]
+                raise AssertionError(f"{selector} did not show {expected!r} within {timeout}s; it shows "
+                                     f"(end): {tail!r}\n{state}\n{self.errors}") from None
             return page.inner_text(selector)
         return self(go)
 
