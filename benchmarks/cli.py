@@ -14,13 +14,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import pubsub
 from benchmarks.report import render
 from benchmarks.runner import Settings, plan, run_all
 from benchmarks.servers import BENCH_DIR, ROOT, SERVERS, ServerError, node_binary
 
 __all__ = ["main"]
 
-SCENARIOS = ("calibrate", "fanout", "echo", "idle")
+SCENARIOS = ("calibrate", "fanout", "echo", "idle", "bridge", "scaleout")
+DEFAULT_SCENARIOS = ("calibrate", "fanout", "echo", "idle")
+"""bridge and scaleout start brokers and take minutes of their own: run when named."""
 
 
 def _ints(text: str) -> list[int]:
@@ -36,6 +39,8 @@ def _ints(text: str) -> list[int]:
 def _names(choices: tuple[str, ...]):
     def parse(text: str) -> list[str]:
         names = [v.strip() for v in text.split(",") if v.strip()]
+        if names == ["all"]:
+            return list(choices)
         unknown = [n for n in names if n not in choices]
         if unknown:
             raise argparse.ArgumentTypeError(
@@ -48,14 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Fan-out, echo round trips and idle memory of sockway, against Node's ws (raw "
-                    "WebSocket) and sockjs-node (SockJS over WebSocket) in the same run. Prints one "
-                    "JSON line per measurement, then a table; saves both under benchmarks/results/.",
+                    "WebSocket) and sockjs-node (SockJS over WebSocket) in the same run; with --scenarios "
+                    "bridge,scaleout: publishing into a channel through ZeroMQ and the HTTP API against the "
+                    "edge's own path, and one node against two over Redis and NATS. Prints one JSON line per "
+                    "measurement, then a table; saves both under benchmarks/results/.",
     )
     p.add_argument("--quick", action="store_true",
                    help="a short run (about a minute): 200 and 1000 fan-out clients, 200 messages, "
-                        "one 3 s echo round, 2000 idle connections")
-    p.add_argument("--scenarios", type=_names(SCENARIOS), default=list(SCENARIOS),
-                   help="comma-separated subset of: " + ", ".join(SCENARIOS) + " (default: all)")
+                        "one 3 s echo round, 2000 idle connections; bridge: 200 and 1000 subscribers, 300 "
+                        "messages; scaleout: 1000 and 2000 clients, 300 messages")
+    p.add_argument("--scenarios", type=_names(SCENARIOS), default=list(DEFAULT_SCENARIOS),
+                   help="comma-separated subset of: " + ", ".join(SCENARIOS) + ", or all (default: "
+                        + ",".join(DEFAULT_SCENARIOS) + "; bridge and scaleout run when named)")
     p.add_argument("--servers", type=_names(("sockway", "ws", "sockjs-node")),
                    default=["sockway", "ws", "sockjs-node"], help="servers to measure (default: all)")
     p.add_argument("--transports", type=_names(("raw", "sockjs")), default=["raw", "sockjs"],
@@ -73,6 +82,40 @@ def build_parser() -> argparse.ArgumentParser:
                    help="echo: rounds, sockway and peers alternating; the table shows medians (default 3)")
     p.add_argument("--idle-connections", type=int, help="idle connections (default 10000)")
     p.add_argument("--idle-wait", type=float, help="idle: seconds held before RSS is read (default 5)")
+    bridge = p.add_argument_group(
+        "bridge and scaleout", "publications into a channel of a channels endpoint (see benchmarks/README.md); "
+        "--size, --window, --stall-timeout, --connect-concurrency apply too")
+    bridge.add_argument("--bridge-clients", type=_ints, help="bridge: subscriber counts (default 1000,5000)")
+    bridge.add_argument("--bridge-messages", type=int, help="bridge: messages published at full speed (default 1000)")
+    bridge.add_argument("--bridge-paths", type=_names(pubsub.BRIDGE_PATHS), default=list(pubsub.BRIDGE_PATHS),
+                        help="bridge: how publications come in, comma-separated subset of "
+                             + ", ".join(pubsub.BRIDGE_PATHS) + " (default: all)")
+    bridge.add_argument("--http-clients", type=int, default=4,
+                        help="bridge: keep-alive HTTP connections publishing concurrently (default 4)")
+    bridge.add_argument("--batch", type=int, default=25,
+                        help="bridge: publish commands per /api/commands request (default 25)")
+    bridge.add_argument("--paced-deliveries", type=float, default=50_000,
+                        help="after the full-speed phase, a paced phase measures the latency of a gateway "
+                             "that is not saturated: publications at this many deliveries per second "
+                             "(rate = this / subscribers, at most --paced-max-rate; default 50000)")
+    bridge.add_argument("--paced-max-rate", type=float, default=50.0,
+                        help="paced phase: publications per second at most (default 50)")
+    bridge.add_argument("--paced-seconds", type=float,
+                        help="paced phase: its length (default 2; --quick 1; 0: no paced phase)")
+    bridge.add_argument("--scaleout-clients", type=_ints, help="scaleout: client counts (default 5000,10000)")
+    bridge.add_argument("--scaleout-messages", type=int,
+                        help="scaleout: messages published at full speed, memory and Redis brokers (default 1000)")
+    bridge.add_argument("--nats-messages", type=int,
+                        help="scaleout: the same with the NATS broker, which takes one publication per "
+                             "fan-out flush (see benchmarks/README.md) (default 100)")
+    bridge.add_argument("--brokers", type=_names(pubsub.BROKERS), default=list(pubsub.BROKERS),
+                        help="scaleout: brokers, each started on a free port (default memory,redis,nats)")
+    bridge.add_argument("--nodes", type=_ints, default=[1, 2],
+                        help="scaleout: gateway processes, sockway serve --workers N (default 1,2; the memory "
+                             "broker runs 1 only)")
+    bridge.add_argument("--subscribe-concurrency", type=int, default=50,
+                        help="subscribes in flight at once (default 50; more than ~100 makes a Redis-backed node "
+                             "refuse some as unavailable: see benchmarks/README.md)")
     p.add_argument("--stall-timeout", type=float, default=20,
                    help="fan-out: fail when nothing is delivered for this many seconds (default 20)")
     p.add_argument("--connect-concurrency", type=int, default=256,
@@ -122,6 +165,20 @@ def _settings(args: argparse.Namespace) -> Settings:
         retries=max(0, args.retries),
         disturbed_above=args.disturbed_above,
         quiet_wait=max(0.0, args.quiet_wait),
+        bridge_clients=pick(args.bridge_clients, [1000, 5000], [200, 1000]),
+        bridge_messages=pick(args.bridge_messages, 1000, 300),
+        bridge_paths=args.bridge_paths,
+        http_clients=max(1, args.http_clients),
+        batch=max(1, args.batch),
+        paced_deliveries=max(1.0, args.paced_deliveries),
+        paced_max_rate=max(0.1, args.paced_max_rate),
+        paced_seconds=max(0.0, pick(args.paced_seconds, 2.0, 1.0)),
+        scaleout_clients=pick(args.scaleout_clients, [5000, 10000], [1000, 2000]),
+        scaleout_messages=pick(args.scaleout_messages, 1000, 300),
+        nats_messages=pick(args.nats_messages, 100, 50),
+        brokers=args.brokers,
+        nodes=args.nodes,
+        subscribe_concurrency=max(1, args.subscribe_concurrency),
     )
 
 
@@ -171,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     except ServerError as exc:
         print(f"[bench] {exc}", file=sys.stderr)
         return 2
-    _raise_fd_limit(max(settings.idle_connections, *settings.fanout_clients) + 300)
+    _raise_fd_limit(max(settings.idle_connections, *settings.fanout_clients, *settings.bridge_clients,
+                        *settings.scaleout_clients) + 300)
     snapshot: Path | None = None
     if args.sockway_rev:
         snapshot = Path(tempfile.mkdtemp(prefix="sockway-bench-"))
@@ -198,7 +256,8 @@ def _run(settings: Settings) -> int:
     settings.results_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_path = settings.results_dir / f"{stamp}{'-quick' if settings.quick else ''}.jsonl"
-    servers = sorted({m.server for m in runs}, key=list(SERVERS).index)
+    order = [*SERVERS, "channel-blaster", "sink"]  # calibrations of the bridge and scaleout (pubsub.py)
+    servers = sorted({m.server for m in runs}, key=order.index)
     print(f"[bench] {len(runs)} measurements ({', '.join(servers)}); results in {out_path}",
           file=sys.stderr, flush=True)
     try:

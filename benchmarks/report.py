@@ -8,6 +8,8 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks.pubsub_report import render_pubsub
+
 __all__ = ["collapse", "render"]
 
 Record = dict[str, Any]
@@ -26,7 +28,7 @@ def collapse(records: list[Record]) -> list[Record]:
     groups: dict[tuple, list[Record]] = {}
     for record in records:
         key = (record["scenario"], record["clients"], record["server"], record["transport"],
-               bool(record.get("calibration")))
+               bool(record.get("calibration")), record.get("path"), record.get("broker"), record.get("nodes"))
         groups.setdefault(key, []).append(record)
     out = []
     for group in groups.values():
@@ -201,7 +203,7 @@ def _results(measured: list[Record]) -> list[Row]:
 def _calibration(records: list[Record], measured: list[Record]) -> list[Row]:
     rows: list[Row] = []
     for record in records:
-        if not record.get("calibration"):
+        if not record.get("calibration") or record["scenario"] not in ("fanout", "echo"):
             continue
         transport = record["transport"]
         key = "deliveries_per_s" if record["scenario"] == "fanout" else "round_trips_per_s"
@@ -218,7 +220,7 @@ def _calibration(records: list[Record], measured: list[Record]) -> list[Row]:
 def _cpu(records: list[Record]) -> list[Row]:
     rows: list[Row] = []
     for record in records:
-        if record["scenario"] == "idle":
+        if record["scenario"] not in ("fanout", "echo"):
             continue
         value = record.get("deliveries_per_s") or record.get("round_trips_per_s")
         per_cpu = record.get("deliveries_per_server_cpu_s") or record.get("round_trips_per_server_cpu_s")
@@ -254,4 +256,5 @@ def render(records: list[Record]) -> str:
                       "1 / generator CPU."]
         lines += _table(("scenario", "server", "transport", "rate/s", "per server CPU-s", "window",
                          "server CPU", "generator CPU", "generator headroom", "other processes"), cpu)
+    lines += render_pubsub(collapsed)
     return "\n".join(lines)

@@ -9,12 +9,13 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from benchmarks import pubsub
 from benchmarks.servers import BENCH_DIR, ROOT, SERVERS, ServerError, node_binary, running
 
 __all__ = ["Measurement", "Settings", "environment", "plan", "run_all"]
@@ -48,20 +49,46 @@ class Settings:
     quiet_wait: float = 30.0
     sockway_path: Path | None = None
     sockway_rev: str | None = None
+    # bridge and scaleout (benchmarks/pubsub.py)
+    bridge_clients: list[int] = field(default_factory=lambda: [1000, 5000])
+    bridge_messages: int = 1000
+    bridge_paths: list[str] = field(default_factory=list)
+    http_clients: int = 4
+    batch: int = 25
+    paced_deliveries: float = 50_000.0
+    paced_seconds: float = 2.0
+    paced_max_rate: float = 50.0
+    scaleout_clients: list[int] = field(default_factory=lambda: [5000, 10000])
+    scaleout_messages: int = 1000
+    nats_messages: int = 100
+    brokers: list[str] = field(default_factory=lambda: ["memory", "redis", "nats"])
+    nodes: list[int] = field(default_factory=lambda: [1, 2])
+    subscribe_concurrency: int = 50
 
 
 @dataclass
 class Measurement:
-    scenario: str  # fanout, echo, idle
+    scenario: str  # fanout, echo, idle, bridge, scaleout
     server: str
     transport: str
     clients: int
     calibration: bool = False
     round: int = 1
     rounds: int = 1
+    path: str = ""  # bridge: how the publications come in (pubsub.BRIDGE_PATHS)
+    broker: str = ""  # scaleout: memory, redis, nats
+    nodes: int = 1  # scaleout: gateway processes (sockway serve --workers)
 
     @property
     def label(self) -> str:
+        if self.scenario == "bridge":
+            if self.calibration and self.path == "generator":
+                return f"calibration: generator, {self.clients} subscribers against channel_blaster.js"
+            if self.calibration:
+                return f"calibration: {self.path} publisher against sink.py"
+            return f"bridge {self.clients} {self.path}"
+        if self.scenario == "scaleout":
+            return f"scaleout {self.clients} {self.broker} x{self.nodes}"
         text = f"{self.scenario} {self.clients} {self.server} {self.transport}"
         return text + (f" round {self.round}/{self.rounds}" if self.rounds > 1 else "")
 
@@ -71,7 +98,9 @@ def plan(settings: Settings) -> list[Measurement]:
     and its peer side by side."""
     runs: list[Measurement] = []
     transports = [t for t in ("raw", "sockjs") if t in settings.transports]
-    if "calibrate" in settings.scenarios:
+    # With bridge/scaleout alone, calibrate means their own calibrations (pubsub.py), not the blaster's.
+    chosen = set(settings.scenarios)
+    if "calibrate" in chosen and ({"fanout", "echo", "idle"} & chosen or not {"bridge", "scaleout"} & chosen):
         # The generator's ceiling, at the largest fan-out and at the echo size.
         for transport in transports:
             runs.append(Measurement("fanout", "blaster", transport, max(settings.fanout_clients), True))
@@ -99,6 +128,12 @@ def plan(settings: Settings) -> list[Measurement]:
                      for s, t in pairs()]
     if "idle" in settings.scenarios:
         runs += [Measurement("idle", s, t, settings.idle_connections) for s, t in pairs()]
+    if {"bridge", "scaleout"} & set(settings.scenarios):
+        runs += pubsub.plan_calibration(settings)
+    if "bridge" in settings.scenarios:
+        runs += pubsub.plan_bridge(settings)
+    if "scaleout" in settings.scenarios:
+        runs += pubsub.plan_scaleout(settings)
     return runs
 
 
@@ -305,6 +340,8 @@ def measure(m: Measurement, s: Settings, env: dict[str, Any], run_id: str) -> di
 
 
 def measure_once(m: Measurement, s: Settings, env: dict[str, Any], run_id: str) -> dict[str, Any]:
+    if m.scenario in ("bridge", "scaleout"):
+        return pubsub.measure_once(m, s, env, run_id)
     spec = SERVERS[m.server]
     started = time.monotonic()
     record: dict[str, Any] = {

@@ -76,6 +76,7 @@ function maskedFrame(opcode, payload) {
  * One client connection. ``handler`` receives:
  *   onOpen(client)                       handshake done
  *   onMessage(client, buf, start, end, opcode)   one complete data message
+ *   beforeData(client)                   (optional) a chunk was read, before it is parsed
  *   afterData(client)                    (optional) after each chunk has been parsed
  *   onClose(client)                      the TCP connection is gone
  *   onError(client, message)             a handshake or protocol failure (then onClose)
@@ -158,6 +159,7 @@ class WSClient {
   }
 
   onData(chunk) {
+    if (this.handler.beforeData !== undefined) this.handler.beforeData(this);
     let buf = chunk;
     if (this.rest !== null) {
       buf = Buffer.concat([this.rest, chunk]);
@@ -256,6 +258,8 @@ const CH_COMMA = 0x2c;
  *   onReady(client)                     the connection can carry messages
  *   onItem(client, buf, start, end)     one application message (SockJS: the JSON
  *                                       string's contents, without its quotes)
+ *   beforeData(client)                  (optional) a chunk was read (one clock reading
+ *                                       per read serves all its messages)
  *   afterData(client)                   (optional) a received chunk has been parsed
  *   onClose(client)                     the connection is gone
  *   onError(client, message)            (optional)
@@ -295,6 +299,7 @@ function adapter(transport, scenario) {
         client.fail(`unknown SockJS frame ${buf.toString('utf8', start, Math.min(end, start + 20))}`);
       }
     },
+    beforeData: scenario.beforeData,
     afterData: scenario.afterData,
     onClose(client) {
       scenario.onClose(client);
@@ -356,6 +361,7 @@ function openMany({ count, host, port, endpoint, transport, scenario, concurrenc
         else launch();
       },
       onItem: scenario.onItem,
+      beforeData: scenario.beforeData,
       afterData: scenario.afterData,
       onClose(client) {
         if (!client.counted) {
