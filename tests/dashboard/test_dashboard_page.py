@@ -85,7 +85,7 @@ def test_admin_api_off_is_explained(chromium):
             dashboard_page(chromium, plain.url) as page:
         page.sign_in("anything")
         message = page.wait_text("#login-error", "admin API is off")
-        assert "set [api] key (or SOCKWAY_API_KEY)" in message
+        assert "set [api] key in its configuration (or SOCKWAY_API_KEY)" in message
 
 
 def test_overview_shows_live_counts_and_plots(gw, chromium):
