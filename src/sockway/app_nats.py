@@ -59,6 +59,11 @@ def _answer(raw: bytes) -> dict:
     return body["result"]
 
 
+async def _quiet(exc: Exception) -> None:
+    """nats-py prints every connection error with a traceback; callers get them as
+    exceptions instead."""
+
+
 class NatsCommands:
     """Blocking commands to the gateway over NATS request/reply (an event loop of its
     own runs in a daemon thread)."""
@@ -70,7 +75,8 @@ class NatsCommands:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self._nc = self._call(nats.connect(url, connect_timeout=timeout))
+        self._nc = self._call(nats.connect(url, connect_timeout=timeout, error_cb=_quiet,
+                                           max_reconnect_attempts=2))
 
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.timeout + 5)

@@ -204,3 +204,50 @@ def test_redis_unreachable() -> None:
     result = cli("publish", "news", "x", "--redis", f"redis://127.0.0.1:{free_port()}/0")
     assert result.returncode == 1
     assert "cannot reach" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def nats_gw(tmp_path_factory) -> Iterator[tuple[CliGateway, str]]:
+    """A gateway on the NATS broker (a nats-server of its own, with JetStream)."""
+    server = require_program("nats-server", "apt-get install nats-server")
+    port = free_port()
+    store = tmp_path_factory.mktemp("nats")
+    proc = subprocess.Popen([server, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_tcp(port)
+        url = f"nats://127.0.0.1:{port}?prefix=cli{uuid.uuid4().hex[:6]}"
+        sub, pull = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
+        toml = GATEWAY_TOML.format(origin="http://x", key=API_KEY, secret=JWT_SECRET, sub=sub, pull=pull,
+                                   push_line="") + f'\n[broker]\nurl = "{url}"\n'
+        with config_gateway(toml) as proc_gw:
+            yield CliGateway(proc_gw, sub, pull), url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_nats(nats_gw: tuple[CliGateway, str]) -> None:
+    gw, url = nats_gw
+    channel = channel_name()
+    with ChannelClient(gw.ws + "/live/websocket") as client:
+        client.subscribe(channel)
+        result = cli("publish", channel, "via nats", "--nats", url)
+        assert result.returncode == 0, result.stderr
+        printed = json.loads(result.stdout)
+        assert printed["channel"] == channel
+        message = client.messages(1)[0]
+        assert message["data"] == "via nats" and message["offset"] == printed["offset"]
+    result = cli("publish", "--endpoint", "/nope", "x", "--nats", url)
+    assert result.returncode == 1
+    assert "refused: 404" in result.stderr
+
+
+def test_nats_unreachable() -> None:
+    result = cli("publish", "news", "x", "--nats", f"nats://127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert "cannot reach" in result.stderr and "Traceback" not in result.stderr

@@ -4,6 +4,8 @@ line, through any bridge (what zmqc was to the talk).
     sockway publish news '{"title": "hi"}' --json --url http://127.0.0.1:8080 --key K
     sockway publish news hello --zmq tcp://127.0.0.1:5557          # PUSH to [zeromq] pull
     sockway publish news hello --zmq tcp://127.0.0.1:5555 --pub    # PUB to [zeromq] sub
+    sockway publish news hello --redis redis://127.0.0.1:6379/0    # a cluster on the redis broker
+    sockway publish news hello --nats nats://127.0.0.1:4222        # a cluster on the nats broker
     sockway publish --conn 3f9a1c2e.1b hello --url ... --key K      # one connection
     sockway publish --endpoint /chat hello --url ... --key K       # a broadcast endpoint
     tail -f app.log | sockway publish logs --url ... --key K       # one message per line
@@ -38,6 +40,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     via.add_argument("--url", default=os.environ.get("SOCKWAY_URL"),
                      help="gateway base URL for the HTTP API (or SOCKWAY_URL)")
     via.add_argument("--zmq", metavar="ADDRESS", help="ZeroMQ address of the gateway's PULL (or SUB, with --pub)")
+    via.add_argument("--nats", metavar="URL",
+                     help="NATS URL of a cluster using the nats broker (the gateway's [broker] url)")
     via.add_argument("--redis", metavar="URL",
                      help="the Redis broker URL of a cluster ([broker] url, its ?prefix= included)")
     p.add_argument("--key", default=os.environ.get("SOCKWAY_API_KEY"), help="API key (or SOCKWAY_API_KEY)")
@@ -73,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
     elif not args.channel:
         print("sockway publish: give a CHANNEL (or --conn ID / --endpoint PREFIX)", file=sys.stderr)
         return 2
-    if not (args.url or args.zmq or args.redis):
-        print("sockway publish: say how to reach the gateway: --url (HTTP API), --zmq or --redis",
+    if not (args.url or args.zmq or args.redis or args.nats):
+        print("sockway publish: say how to reach the gateway: --url (HTTP API), --zmq, --redis or --nats",
               file=sys.stderr)
         return 2
 
@@ -125,7 +129,48 @@ def run(args: argparse.Namespace) -> int:
                 for cmd in _commands(args, [line]):
                     publisher.socket.send(json.dumps(cmd).encode())
         return 0
+    if args.nats:
+        return _run_nats(args, lines())
     return _run_redis(args, lines())
+
+
+def _run_nats(args: argparse.Namespace, lines) -> int:
+    """Commands by NATS request/reply to whichever node answers first; ``--nats`` takes
+    the broker URL of the gateway's configuration as is (its ``prefix`` names the
+    subject)."""
+    from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+    from sockway.app import GatewayError
+    from sockway.app_nats import NatsCommands
+
+    parts = urlsplit(args.nats)
+    if parts.scheme not in ("nats", "tls"):
+        print(f"sockway publish: --nats takes a nats:// URL, got {args.nats!r}", file=sys.stderr)
+        return 2
+    prefix = parse_qs(parts.query).get("prefix", ["sockway"])[0]
+    try:
+        gateway = NatsCommands(urlunsplit(parts._replace(query="")), prefix=prefix, timeout=5.0)
+    except Exception as exc:  # nats-py raises several kinds when it cannot connect
+        print(f"sockway publish: cannot reach {args.nats}: {str(exc) or type(exc).__name__}", file=sys.stderr)
+        return 1
+    status = 0
+    try:
+        for line in lines:
+            for cmd in _commands(args, [line]):
+                op = cmd.pop("op")
+                try:
+                    result = gateway.command(op, wait=True, **cmd)
+                except GatewayError as exc:
+                    print(f"sockway publish: refused: {exc}", file=sys.stderr)
+                    status = 1
+                except TimeoutError as exc:
+                    print(f"sockway publish: {exc} (is a gateway using this NATS?)", file=sys.stderr)
+                    return 1
+                else:
+                    print(json.dumps(result))
+    finally:
+        gateway.close()
+    return status
 
 
 def _run_redis(args: argparse.Namespace, lines) -> int:
