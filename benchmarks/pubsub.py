@@ -51,7 +51,7 @@ BRIDGE_PATHS = ("zmq-push", "zmq-pub", "http", "http-batch", "edge-broadcast", "
 EDGE_PATHS = ("edge-broadcast", "edge-channel")
 CALIBRATED_PATHS = ("zmq-push", "http", "http-batch")
 BROKERS = ("memory", "redis", "nats")
-CALIBRATION_MESSAGES = {"zmq-push": 50_000, "http": 5_000, "http-batch": 20_000}
+CALIBRATION_MESSAGES = {"zmq-push": 200_000, "http": 20_000, "http-batch": 100_000}
 
 
 # -- the plan -------------------------------------------------------------------------------------

@@ -64,8 +64,17 @@ def _checks(record: Record) -> str:
     if not record.get("ok"):
         parts.append("FAILED: " + str(record.get("error"))[:90].replace("\n", " "))
     if record.get("disturbed"):
-        parts.append(f"DISTURBED (others {100 * (record.get('other_cpu_util') or 0):.0f}% CPU)")
+        worst = max(record.get("other_cpu_util") or 0, record.get("paced_other_cpu_util") or 0)
+        parts.append(f"DISTURBED (others {100 * worst:.0f}% CPU)")
     return ", ".join(parts) or "ok"
+
+
+def _others(record: Record) -> str:
+    """Other processes' CPU in the full-speed window / in the paced phase."""
+    text = _pct(record.get("other_cpu_util"))
+    if isinstance(record.get("paced_other_cpu_util"), int | float):
+        text += " / " + _pct(record["paced_other_cpu_util"])
+    return text + (" DISTURBED" if record.get("disturbed") else "")
 
 
 def _cpu(record: Record, name: str) -> Any:
@@ -106,7 +115,7 @@ def _bridge(records: list[Record]) -> list[str]:
             cpu_rows.append((
                 f"{clients:,}", r.get("path", "?"), _num(r.get("seconds")) + " s",
                 _pct(_cpu(r, "sockway")), _pct(_cpu(r, "publisher")), _pct(r.get("gen_cpu_util")),
-                _pct(r.get("other_cpu_util")) + (" DISTURBED" if r.get("disturbed") else ""),
+                _others(r),
                 _pct(r.get("machine_cpu_util")), _pct(r.get("publisher_window_wait_share")),
                 _num(r.get("deliveries_per_server_cpu_s"))))
     lines += _table(("subscribers", "path", "published/s (publisher)", "published/s (gateway)", "deliveries/s",
@@ -114,7 +123,7 @@ def _bridge(records: list[Record]) -> list[str]:
                      "deliveries per write", "checks"), rows)
     lines += ["", "Bridge: CPU in the full-speed window (100% = one core); 'publisher waited' = share of the window "
                   "the publisher was blocked on its window of unseen messages (it could have sent faster)"]
-    lines += _table(("subscribers", "path", "window", "gateway", "publisher", "generator", "other processes",
+    lines += _table(("subscribers", "path", "window", "gateway", "publisher", "generator", "others (full / paced)",
                      "whole machine", "publisher waited", "deliveries per gateway CPU-s"), cpu_rows)
     return lines
 
@@ -152,13 +161,12 @@ def _scaleout(records: list[Record]) -> list[str]:
             cpu_rows.append((
                 f"{clients:,}", r.get("broker", "?"), str(r.get("nodes")), _num(r.get("seconds")) + " s",
                 " + ".join(_pct(v) for v in nodes) or "-", _pct(broker), _pct(r.get("gen_cpu_util")),
-                _pct(r.get("other_cpu_util")) + (" DISTURBED" if r.get("disturbed") else ""),
-                _pct(r.get("machine_cpu_util")), _num(r.get("deliveries_per_server_cpu_s"))))
+                _others(r), _pct(r.get("machine_cpu_util")), _num(r.get("deliveries_per_server_cpu_s"))))
     lines += _table(("clients", "broker", "nodes", "deliveries/s", "vs 1 node", "vs memory 1 node",
                      "p50 / p99 full speed", _paced_title(measured), "clients (CPU) per node", "checks"), rows)
     lines += ["", "Scale-out: CPU in the full-speed window (100% = one core; 200% = the whole machine)"]
     lines += _table(("clients", "broker", "nodes", "window", "gateway node(s)", "broker", "generator",
-                     "other processes", "whole machine", "deliveries per gateway CPU-s"), cpu_rows)
+                     "others (full / paced)", "whole machine", "deliveries per gateway CPU-s"), cpu_rows)
     return lines
 
 

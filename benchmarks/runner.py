@@ -306,8 +306,10 @@ def wait_for_quiet(s: Settings, label: str) -> float | None:
 
 
 def disturbance(record: dict[str, Any]) -> float:
-    value = record.get("other_cpu_util")
-    return float(value) if isinstance(value, int | float) else 0.0
+    """CPU other processes used during the measured window (bridge and scaleout: the
+    worse of their two phases)."""
+    values = [record.get(key) for key in ("other_cpu_util", "paced_other_cpu_util")]
+    return max((float(v) for v in values if isinstance(v, int | float)), default=0.0)
 
 
 def _better(a: dict[str, Any], b: dict[str, Any]) -> bool:

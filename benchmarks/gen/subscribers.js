@@ -655,6 +655,7 @@ async function main() {
     const paced = cpuReport(mid, after);
     result.paced_cpu = paced.cpu;
     result.paced_server_cpu_util = paced.server_cpu_util;
+    result.paced_other_cpu_util = paced.other_cpu_util;
   }
   if (clientPublisher) {
     result.publisher_sent = sent;
