@@ -101,6 +101,10 @@ async def _no_command(command: dict) -> dict:
     return {"error": {"code": "unavailable", "message": "this node runs no commands", "status": 503}}
 
 
+async def _no_relay(payload: bytes) -> bytes:
+    return b""
+
+
 class Broker(ABC):
     """Cross-node fan-out, history and presence for channels."""
 
@@ -116,6 +120,9 @@ class Broker(ABC):
         """Runs a command on this node (one forwarded by another node, or one that came
         in through the engine's own command input) and answers ``{"result": ...}`` or
         ``{"error": {"code", "message", "status"}}``; set by the hub's Commands."""
+        self.on_relay: Callable[[bytes], Awaitable[bytes]] = _no_relay
+        """Answers a request another node relayed here with :meth:`relay` (the SockJS
+        requests of a session this node owns); set by the edge (edge.sockjs_relay)."""
 
     def forward(self, node: str, command: dict, timeout: float) -> Awaitable[dict] | None:
         """Run ``command`` on ``node`` (where its connection lives) and return its answer
@@ -124,6 +131,45 @@ class Broker(ABC):
         Engines raise :class:`LookupError` when the node is not reachable and
         :class:`TimeoutError` when it does not answer within ``timeout`` seconds."""
         return None
+
+    # -- SockJS sessions shared by the nodes -------------------------------------------
+    #
+    # A SockJS session over HTTP is many requests (polls, sends, a stream reopened after
+    # its response limit). Engines that set ``shares_sessions`` let every node serve any
+    # of them: the node that opens a session claims it (a record "session -> owner node"
+    # with a TTL, kept alive by the engine while the node holds the claim), and the other
+    # nodes relay the session's requests to that owner (edge.sockjs_relay). The memory
+    # engine has one node: nothing to share.
+
+    shares_sessions = False
+    """Whether :meth:`session_claim`, :meth:`session_owner`, :meth:`session_release` and
+    :meth:`relay` work (and sessions are shared, unless the engine's ``sessions=off``)."""
+
+    def session_claim(self, key: str) -> Awaitable[str]:
+        """Become the owner of session ``key`` unless a node already is; returns the
+        owner's node id (:attr:`node_id` when this node now owns it). From the call on
+        the engine keeps this node's claim alive (refreshes its TTL, re-creates it after
+        an outage) until :meth:`session_release`, even when the call itself fails with
+        :class:`BrokerUnavailable`."""
+        raise NotImplementedError
+
+    def session_owner(self, key: str) -> Awaitable[str | None]:
+        """The node that owns session ``key``, or None."""
+        raise NotImplementedError
+
+    def session_release(self, key: str) -> Awaitable[None] | None:
+        """This node no longer owns session ``key``: stop refreshing it and delete the
+        record if it is still this node's."""
+        raise NotImplementedError
+
+    def relay(self, node: str, payload: bytes, timeout: float) -> Awaitable[bytes]:
+        """Send ``payload`` to ``node``'s :attr:`on_relay` and return its answer. Raises
+        :class:`LookupError` when no such node is listening (it is gone),
+        :class:`TimeoutError` when it does not answer within ``timeout`` seconds and
+        :class:`BrokerUnavailable` when the broker cannot be reached. Payloads and answers
+        are bytes of any size; one node's requests reach the other in the order they
+        were sent."""
+        raise NotImplementedError
 
     def app_bridges(self, hub: Any) -> list:
         """Application event outputs and command inputs the engine itself provides

@@ -12,7 +12,10 @@ bucket name; ``presence_ttl`` (30 s) is how long a node's presence entries outli
 last publication; ``events`` (off) sends application events to the JetStream stream
 ``<PREFIX>_EVENTS`` (subject ``<prefix>.events``), capped at ``events_maxlen``
 (100000) messages; ``commands`` (on) runs commands from the subject
-``<prefix>.commands`` (queue group: one node each).
+``<prefix>.commands`` (queue group: one node each); ``sessions`` (on) shares SockJS HTTP
+sessions between the nodes (any node serves any request of a session:
+edge.sockjs_relay), ``session_ttl`` (30 s) is how long a session's owner record outlives
+its node.
 
 Subjects and streams, for channel ``ch`` (``t`` = :func:`wire.token` of it, one token):
 
@@ -21,6 +24,10 @@ Subjects and streams, for channel ``ch`` (``t`` = :func:`wire.token` of it, one 
                                    <PREFIX>_H_<size>_<ttl ms> (one per history policy)
     <PREFIX>_PRESENCE              KV bucket, key "<t>.<connection id>", TTL presence_ttl
     <prefix>.node.<node id>        requests forwarded to a node (request/reply)
+    <PREFIX>_SESSIONS              KV bucket, key "<endpoint>/<session>" (token): the node
+                                   owning a SockJS session, TTL session_ttl
+    <prefix>.relay.<node id>       SockJS requests relayed to a session's owner; answers
+                                   come back on <prefix>.relayr.<node id>.<request id>
 
 What each guarantee rests on:
 
@@ -45,6 +52,13 @@ What each guarantee rests on:
 * **No gap on subscribe.** The node subscribes, flushes (the server has the subscription
   once the PONG is back), and only then reads history (:meth:`NatsBroker.history`
   waits for that).
+* **SockJS sessions.** The node that opens a session creates its key in the sessions
+  bucket (KV create: exactly one node succeeds; the others read the winner), re-puts
+  its keys every ``session_ttl / 3`` and deletes each one (if still its own) when the
+  session ends. Relayed requests and answers larger than the server's ``max_payload``
+  go in several messages (header ``Sw-Part: i/n``), which one connection delivers in
+  order; a request to a node that is gone gets the server's "no responders" status at
+  once.
 * **Presence.** Entries in a KV bucket whose messages expire after ``presence_ttl``;
   each node re-puts its own every ``presence_ttl / 3``. Join/leave go over the core
   subject; a node that dies announces nothing, so each node also lists the presence of
@@ -62,6 +76,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import os
 import re
@@ -73,7 +88,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import nats
 import nats.errors
 from nats.js import api as js_api
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from sockway.brokers.base import (
     Broker,
@@ -101,12 +116,16 @@ OPTIONS = {
     "events": "",
     "events_maxlen": "100000",
     "commands": "on",
+    "sessions": "on",
+    "session_ttl": "30",
     "connect_timeout": "2",
     "timeout": "5",
 }
 TRUE = ("1", "on", "true", "yes")
 EXPECTED = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST_SEQUENCE = 10071
+PART = "Sw-Part"
+"""Header of a relayed request or answer sent in several messages: "<i>/<n>"."""
 HEADS = 10_000
 """Channels whose last (sequence, offset, epoch) a node remembers for its next publish."""
 
@@ -163,6 +182,13 @@ class NatsBroker(Broker):
         self._members: dict[str, dict[str, bytes]] = {}
         self._known: dict[str, set[str]] = {}
         self._presence_ops: asyncio.Queue[tuple[str, str, str, bytes]] = asyncio.Queue()
+        self.session_ttl = float(self.options["session_ttl"])
+        self.skv: Any = None
+        self._owned: set[str] = set()
+        """SockJS sessions this node owns (their records are refreshed)."""
+        self._relay_ids = itertools.count(1)
+        self._relay_waits: dict[int, asyncio.Future] = {}
+        self._parts: dict[str, tuple[float, list[bytes]]] = {}
         self.stats: collections.Counter = collections.Counter()
 
     # -- names -------------------------------------------------------------------------------
@@ -187,6 +213,8 @@ class NatsBroker(Broker):
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._connect_loop()), loop.create_task(self._sub_writer()),
                        loop.create_task(self._presence_writer()), loop.create_task(self._presence_loop())]
+        if self.shares_sessions:
+            self._tasks.append(loop.create_task(self._session_loop()))
         try:
             await asyncio.wait_for(self._connected_once.wait(), float(self.options["connect_timeout"]) + 1)
         except TimeoutError:
@@ -212,6 +240,9 @@ class NatsBroker(Broker):
             self.js = nc.jetstream(timeout=self.timeout)
             try:
                 await nc.subscribe(f"{self.prefix}.node.{self.node_id}", cb=self._on_control)
+                if self.shares_sessions:
+                    await nc.subscribe(f"{self.prefix}.relay.{self.node_id}", cb=self._on_relay_request)
+                    await nc.subscribe(f"{self.prefix}.relayr.{self.node_id}.*", cb=self._on_relay_answer)
                 if self.options["commands"].lower() in TRUE:
                     await nc.subscribe(f"{self.prefix}.commands", queue=self.prefix, cb=self._on_command)
                 for channel in list(self._interest):
@@ -234,6 +265,7 @@ class NatsBroker(Broker):
         log.info("reconnected to NATS at %s", self.where)
         self._streams.clear()  # a restarted server may have lost them
         self.kv = None
+        self.skv = None
         for channel in list(self._interest):
             last = self._last.get(channel) or self._floor.get(channel)
             if last is not None and channel not in self._catching:
@@ -261,7 +293,7 @@ class NatsBroker(Broker):
 
     def describe(self) -> dict:
         return {"engine": self.name, "ready": self.ready, "nats": self.where, "node": self.node_id,
-                "channels": len(self._interest), **dict(self.stats)}
+                "channels": len(self._interest), "sessions_owned": len(self._owned), **dict(self.stats)}
 
     def _check(self) -> None:
         if not self.ready:
@@ -783,6 +815,171 @@ class NatsBroker(Broker):
         if msg.reply:
             with contextlib.suppress(Exception):
                 await msg.respond(dumps(answers if isinstance(value, list) else answers[0]))
+
+    # -- SockJS sessions shared by the nodes -------------------------------------------------
+
+    @property
+    def shares_sessions(self) -> bool:  # type: ignore[override]
+        return self.options["sessions"].lower() in TRUE
+
+    async def _sessions_bucket(self) -> Any:
+        if self.skv is None:
+            bucket = f"{self.upper}_SESSIONS"
+            try:
+                self.skv = await self.js.create_key_value(bucket=bucket, ttl=self.session_ttl, history=1)
+            except APIError as exc:
+                if exc.err_code != 10058:
+                    raise
+                log.warning("KV bucket %s exists with another configuration (session_ttl?); using it", bucket)
+                self.skv = await self.js.key_value(bucket)
+        return self.skv
+
+    def session_claim(self, key: str) -> Awaitable[str]:
+        return self._session_claim(key)
+
+    async def _session_claim(self, key: str) -> str:
+        self._owned.add(key)  # kept (and re-created by _session_loop) if NATS is away now
+        self._check()
+        name = token(key)
+        try:
+            kv = await self._sessions_bucket()
+            for _attempt in range(3):
+                try:
+                    await kv.create(name, self.node_id.encode())
+                    return self.node_id
+                except KeyWrongLastSequenceError:
+                    pass  # it exists: whose is it?
+                try:
+                    owner = (await kv.get(name)).value.decode()
+                except KeyNotFoundError:
+                    continue  # expired or deleted meanwhile: try again
+                if owner != self.node_id:
+                    self._owned.discard(key)
+                return owner
+        except (APIError, *NETWORK_ERRORS) as exc:
+            raise _unavailable(exc) from None
+        raise BrokerUnavailable(f"session {key}: could not read or create its record")
+
+    def session_owner(self, key: str) -> Awaitable[str | None]:
+        return self._session_owner(key)
+
+    async def _session_owner(self, key: str) -> str | None:
+        self._check()
+        try:
+            kv = await self._sessions_bucket()
+            return (await kv.get(token(key))).value.decode()
+        except KeyNotFoundError:
+            return None
+        except (APIError, *NETWORK_ERRORS) as exc:
+            raise _unavailable(exc) from None
+
+    def session_release(self, key: str) -> None:
+        if key in self._owned:
+            self._owned.discard(key)
+            _spawn(self._session_release(key))
+
+    async def _session_release(self, key: str) -> None:
+        name = token(key)
+        try:
+            kv = await self._sessions_bucket()
+            entry = await kv.get(name)
+            if entry.value == self.node_id.encode() and key not in self._owned:
+                await kv.delete(name, last=entry.revision)
+        except Exception as exc:  # the record expires by itself
+            log.debug("session %s: could not delete its record: %r", key, exc)
+
+    async def _session_loop(self) -> None:
+        """Every session_ttl / 3: re-put the records of this node's sessions."""
+        while True:
+            await asyncio.sleep(self.session_ttl / 3)
+            if not self.ready or not self._owned:
+                continue
+            try:
+                kv = await self._sessions_bucket()
+                keys = list(self._owned)
+                for start in range(0, len(keys), 100):
+                    batch = [k for k in keys[start:start + 100] if k in self._owned]
+                    await asyncio.gather(*(kv.put(token(k), self.node_id.encode()) for k in batch),
+                                         return_exceptions=True)
+            except Exception as exc:
+                log.debug("refreshing session records failed: %r", exc)
+
+    def relay(self, node: str, payload: bytes, timeout: float) -> Awaitable[bytes]:
+        return self._relay(node, payload, timeout)
+
+    async def _relay(self, node: str, payload: bytes, timeout: float) -> bytes:
+        self._check()
+        request_id = next(self._relay_ids)
+        inbox = f"{self.prefix}.relayr.{self.node_id}.{request_id}"
+        future = asyncio.get_running_loop().create_future()
+        self._relay_waits[request_id] = future
+        try:
+            try:
+                await self._publish_parts(f"{self.prefix}.relay.{node}", payload, inbox)
+            except NETWORK_ERRORS as exc:
+                raise _unavailable(exc) from None
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._relay_waits.pop(request_id, None)
+            self._parts.pop(inbox, None)
+
+    async def _publish_parts(self, subject: str, payload: bytes, reply: str = "") -> None:
+        size = max(1024, self.nc.max_payload - 1024)
+        if len(payload) <= size:
+            await self.nc.publish(subject, payload, reply=reply)
+            return
+        count = -(-len(payload) // size)
+        for i in range(count):
+            await self.nc.publish(subject, payload[i * size:(i + 1) * size], reply=reply,
+                                  headers={PART: f"{i + 1}/{count}"})
+
+    def _assemble(self, msg: Any, key: str) -> bytes | None:
+        """A whole payload, or None while parts of it are still to come."""
+        part = msg.headers.get(PART) if msg.headers else None
+        if part is None:
+            return msg.data
+        index, _, count = part.partition("/")
+        now = time.monotonic()
+        entry = self._parts.get(key)
+        if entry is None:
+            for stale in [k for k, (t, _) in self._parts.items() if now - t > 60]:
+                del self._parts[stale]  # the rest never came
+            entry = self._parts[key] = (now, [])
+        entry[1].append(msg.data)
+        if int(index) < int(count):
+            return None
+        del self._parts[key]
+        return b"".join(entry[1])
+
+    async def _on_relay_request(self, msg: Any) -> None:
+        payload = self._assemble(msg, "q" + msg.reply)
+        if payload is not None and msg.reply:
+            _spawn(self._answer_relay(msg.reply, payload))
+
+    async def _answer_relay(self, reply: str, payload: bytes) -> None:
+        try:
+            answer = await self.on_relay(payload)
+        except Exception:
+            log.exception("a relayed request failed")
+            answer = b""
+        try:
+            await self._publish_parts(reply, answer)
+        except Exception as exc:
+            log.warning("could not answer a relayed request: %s", exc)
+
+    async def _on_relay_answer(self, msg: Any) -> None:
+        try:
+            future = self._relay_waits.get(int(msg.subject.rpartition(".")[2]))
+        except ValueError:
+            return
+        if future is None or future.done():
+            return
+        if msg.headers and msg.headers.get("Status") == "503":
+            future.set_exception(LookupError(msg.subject))  # no responders: that node is gone
+            return
+        payload = self._assemble(msg, msg.subject)
+        if payload is not None:
+            future.set_result(payload)
 
     # -- application events ------------------------------------------------------------------
 

@@ -11,7 +11,9 @@ a node's presence entries outlive it; ``meta_ttl`` (7 days) how long a channel's
 epoch and history are kept after its last publication; ``events`` (off) sends application
 events to the stream ``<prefix>:events`` (or the key given), capped by ``events_maxlen``
 (100000, approximate); ``commands`` (on) runs commands from the list and the pub/sub
-channel ``<prefix>:commands``.
+channel ``<prefix>:commands``; ``sessions`` (on) shares SockJS HTTP sessions between the
+nodes (any node serves any request of a session: edge.sockjs_relay), ``session_ttl``
+(30 s) is how long a session's owner record outlives its node.
 
 Keys, for channel ``ch`` (the ``{ch}`` hash tag keeps one channel's keys in one Redis
 Cluster slot, as Lua scripts need)::
@@ -20,6 +22,7 @@ Cluster slot, as Lua scripts need)::
     <prefix>:{ch}:s   stream of the channel's history, entry id "<offset>-0", field "p"
     <prefix>:{ch}:p   hash: connection id -> presence info (JSON)
     <prefix>:{ch}:z   sorted set: connection id -> expiry (ms, Redis clock)
+    <prefix>:s:<endpoint>/<session>   string: the node owning a SockJS session (PX session_ttl)
 
 What each guarantee rests on:
 
@@ -45,6 +48,14 @@ What each guarantee rests on:
   from the history stream before anything newer is delivered. What the stream no longer
   holds (no history on the channel, or trimmed) is lost for live subscribers; their
   clients see the offset jump and can ask for history.
+* **SockJS sessions.** The node that opens a session claims it with ``SET key node NX PX
+  ttl GET`` (one round trip, atomic: two nodes racing for one session agree on the
+  winner), refreshes its records every ``session_ttl / 3`` (re-creating those lost in
+  an outage, unless another node took the key meanwhile) and deletes each one (if still
+  its own) when the session ends. Requests relayed to the owner and its answers travel on
+  the nodes' control channels ``<prefix>:n:<node>``, as forwarded commands do; a node
+  answers requests in the order they arrive (one pub/sub connection), and a PUBLISH that
+  reaches no subscriber tells at once that the node is gone.
 * **Presence.** Each node re-asserts its own entries every ``presence_ttl / 3`` seconds
   (re-adding them after a Redis restart); an entry not refreshed for ``presence_ttl``
   is removed by the next sweep (every node sweeps the channels it has members in) or
@@ -105,6 +116,8 @@ OPTIONS = {
     "events": "",
     "events_maxlen": "100000",
     "commands": "on",
+    "sessions": "on",
+    "session_ttl": "30",
     "connect_timeout": "2",
     "timeout": "5",
 }
@@ -270,6 +283,17 @@ end
 return 0
 """
 
+SESSION = """
+local owner = redis.call('GET', KEYS[1])
+if not owner or owner == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+"""Refresh (or re-create) a session record of this node. ARGV: node id, TTL (ms).
+Returns 0 when another node holds the key."""
+
 
 class _Script:
     """A Lua script run with EVALSHA, loaded again when Redis has forgotten it (a restart)."""
@@ -281,7 +305,7 @@ class _Script:
 
 _SCRIPTS = {name: _Script(src) for name, src in {
     "publish": PUBLISH, "history": HISTORY, "reset": RESET, "join": JOIN, "leave": LEAVE,
-    "sweep": SWEEP, "lease": LEASE, "release": RELEASE}.items()}
+    "sweep": SWEEP, "lease": LEASE, "release": RELEASE, "session": SESSION}.items()}
 
 
 class _Write:
@@ -343,6 +367,11 @@ class RedisBroker(Broker):
         self._cmd_reader = False
         self._cmd_queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._connected_once = asyncio.Event()
+        self.session_ttl = float(opts["session_ttl"])
+        self._owned: set[str] = set()
+        """SockJS sessions this node owns (their records are refreshed)."""
+        self._publishes: collections.deque[tuple[str, bytes, asyncio.Future]] = collections.deque()
+        self._publish_wakeup = asyncio.Event()
         self.stats = collections.Counter()
 
     # -- names ---------------------------------------------------------------------------
@@ -370,6 +399,8 @@ class RedisBroker(Broker):
         loop = self._loop
         self._tasks = [loop.create_task(self._pubsub_loop()), loop.create_task(self._sub_writer()),
                        loop.create_task(self._write_loop()), loop.create_task(self._presence_loop())]
+        if self.shares_sessions:
+            self._tasks += [loop.create_task(self._session_loop()), loop.create_task(self._publish_loop())]
         if self.options["commands"].lower() in TRUE:
             self._tasks += [loop.create_task(self._command_list_loop()),
                             loop.create_task(self._lease_loop()),
@@ -405,6 +436,7 @@ class RedisBroker(Broker):
     def describe(self) -> dict:
         return {"engine": self.name, "ready": self.ready, "redis": self._where(), "node": self.node_id,
                 "channels": len(self._interest), "command_reader": self._cmd_reader,
+                "sessions_owned": len(self._owned),
                 **{k: v for k, v in self.stats.items()}}
 
     async def _eval(self, script: _Script, keys: list, args: list, retry: bool = False) -> Any:
@@ -839,6 +871,9 @@ class RedisBroker(Broker):
             self._replies.pop(request_id, None)
 
     def _on_control(self, data: bytes) -> None:
+        if data[:1] == b"S":
+            self._on_relay(data)
+            return
         try:
             message = decode_json(data)
         except ValueError:
@@ -857,6 +892,148 @@ class RedisBroker(Broker):
             await self.redis.publish(self._node_chan(str(message.get("from"))), reply)
         except NETWORK_ERRORS as exc:
             log.warning("could not answer a forwarded command: %s", exc)
+
+    # -- SockJS sessions shared by the nodes ---------------------------------------------------
+
+    @property
+    def shares_sessions(self) -> bool:  # type: ignore[override]
+        return self.options["sessions"].lower() in TRUE
+
+    def _skey(self, key: str) -> str:
+        return f"{self.prefix}:s:{key}"
+
+    def session_claim(self, key: str) -> Awaitable[str]:
+        return self._session_claim(key)
+
+    async def _session_claim(self, key: str) -> str:
+        self._owned.add(key)  # kept (and re-created by _session_loop) if Redis is away now
+        if not self._connected:
+            raise BrokerUnavailable("not connected to Redis")
+        try:
+            old = await self.redis.set(self._skey(key), self.node_id, nx=True,
+                                       px=int(self.session_ttl * 1000), get=True)
+        except NETWORK_ERRORS as exc:
+            raise _unavailable(exc) from None
+        if old is None:
+            return self.node_id
+        owner = _text(old)
+        if owner != self.node_id:
+            self._owned.discard(key)
+        return owner
+
+    def session_owner(self, key: str) -> Awaitable[str | None]:
+        return self._session_owner(key)
+
+    async def _session_owner(self, key: str) -> str | None:
+        if not self._connected:
+            raise BrokerUnavailable("not connected to Redis")
+        try:
+            owner = await self.redis.get(self._skey(key))
+        except NETWORK_ERRORS as exc:
+            raise _unavailable(exc) from None
+        return None if owner is None else _text(owner)
+
+    def session_release(self, key: str) -> Awaitable[None] | None:
+        if key not in self._owned:
+            return None
+        self._owned.discard(key)
+        # Through the ordered write queue: after any refresh of the key queued before.
+        return self._write(_SCRIPTS["release"], [self._skey(key)], [self.node_id])
+
+    async def _session_loop(self) -> None:
+        """Every session_ttl / 3: refresh the records of this node's sessions."""
+        while True:
+            await asyncio.sleep(self.session_ttl / 3)
+            if not self._connected:
+                continue
+            ttl = int(self.session_ttl * 1000)
+            for key in list(self._owned):
+                self._write(_SCRIPTS["session"], [self._skey(key)], [self.node_id, ttl],
+                            lambda held, key=key: self._refreshed(key, held))
+
+    def _refreshed(self, key: str, held: Any) -> None:
+        if not held and key in self._owned:
+            # Its record expired (an outage longer than session_ttl) and another node
+            # claimed the id meanwhile: requests for it now go there.
+            self._owned.discard(key)
+            log.warning("SockJS session %s: another node holds its record now", key)
+
+    def relay(self, node: str, payload: bytes, timeout: float) -> Awaitable[bytes]:
+        return self._relay(node, payload, timeout)
+
+    async def _relay(self, node: str, payload: bytes, timeout: float) -> bytes:
+        if not self._connected:
+            raise BrokerUnavailable("not connected to Redis")
+        request_id = next(self._request_ids)
+        future = asyncio.get_running_loop().create_future()
+        self._replies[request_id] = future
+        try:
+            message = b"S?%d %s\n" % (request_id, self.node_id.encode()) + payload
+            receivers = await self._publish(self._node_chan(node), message)
+            if not receivers:
+                raise LookupError(node)
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._replies.pop(request_id, None)
+
+    def _on_relay(self, data: bytes) -> None:
+        """``S?<id> <from node>\n<payload>`` (a request) or ``S!<id>\n<payload>`` (an answer)."""
+        head, _, payload = data.partition(b"\n")
+        try:
+            if head[1:2] == b"!":
+                future = self._replies.get(int(head[2:]))
+                if future is not None and not future.done():
+                    future.set_result(payload)
+            elif head[1:2] == b"?":
+                request_id, _, sender = head[2:].partition(b" ")
+                _spawn(self._answer_relay(int(request_id), sender.decode(), payload))
+        except ValueError:
+            log.warning("bad relay message %r", head[:100])
+
+    async def _answer_relay(self, request_id: int, sender: str, payload: bytes) -> None:
+        try:
+            answer = await self.on_relay(payload)
+        except Exception:
+            log.exception("a relayed request failed")
+            answer = b""
+        try:
+            await self._publish(self._node_chan(sender), b"S!%d\n" % request_id + answer)
+        except BrokerUnavailable as exc:
+            log.warning("could not answer a relayed request: %s", exc)
+
+    def _publish(self, channel: str, message: bytes) -> asyncio.Future:
+        """PUBLISH through one pipeline at a time (the relay's requests and answers, in
+        the order they were made); the future gets the number of receivers."""
+        future = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_consume)
+        self._publishes.append((channel, message, future))
+        self._publish_wakeup.set()
+        return future
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await self._publish_wakeup.wait()
+            self._publish_wakeup.clear()
+            while self._publishes:
+                batch = [self._publishes.popleft() for _ in range(min(BATCH, len(self._publishes)))]
+                pipe = self.redis.pipeline(transaction=False)
+                for channel, message, _future in batch:
+                    pipe.publish(channel, message)
+                try:
+                    results = await pipe.execute(raise_on_error=False)
+                except Exception as exc:
+                    error = _unavailable(exc)
+                    for _channel, _message, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                for (_channel, _message, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(_unavailable(result))
+                    else:
+                        future.set_result(result)
 
     # -- commands from applications -----------------------------------------------------------
 
