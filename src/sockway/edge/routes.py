@@ -12,23 +12,29 @@ from aiohttp import web
 
 from sockway import closecodes
 from sockway.auth import AuthError
+from sockway.brokers.base import BrokerUnavailable
 from sockway.edge import http_util as h
 from sockway.edge.hixie import Hixie76SockJS, handshake_head
 from sockway.edge.security import OriginPolicy, ProxyPolicy
 from sockway.edge.sockjs_http import (
+    TRANSPORT_NAMES,
     EventSource,
     HtmlFile,
+    HttpSession,
     SessionRegistry,
     XhrStreaming,
+    frame_wrapper,
     polling_wrapper,
     run_polling,
+    run_relayed_streaming,
     run_streaming,
 )
+from sockway.edge.sockjs_relay import SESSION_LOST, session_relay
 from sockway.edge.upgrade import Detached, accept_websocket, detach
 from sockway.edge.websocket import RawWebSocket, SockJSWebSocket
 from sockway.hub.connection import ConnectionInfo
 from sockway.hub.trace import TRACER
-from sockway.sockjs.frames import CALLBACK_RE, info_body
+from sockway.sockjs.frames import CALLBACK_RE, HEARTBEAT, info_body
 from sockway.sockjs.payload import PayloadError, decode_messages
 from sockway.sockjs.urls import parse_path
 
@@ -67,13 +73,6 @@ def iframe_page(sockjs_url: str) -> bytes:
 
 STREAMING = {"xhr_streaming": XhrStreaming, "eventsource": EventSource}
 RECEIVING = {"xhr", "xhr_streaming", "eventsource", "htmlfile", "jsonp"}
-TRANSPORT_NAMES = {
-    "xhr": "xhr-polling",
-    "xhr_streaming": "xhr-streaming",
-    "eventsource": "eventsource",
-    "htmlfile": "htmlfile",
-    "jsonp": "jsonp-polling",
-}
 
 
 class EndpointRoutes:
@@ -83,7 +82,11 @@ class EndpointRoutes:
                  proxies: ProxyPolicy) -> None:
         self.endpoint = endpoint
         self.config = config = endpoint.config
-        self.registry = SessionRegistry(endpoint)
+        self.relay = session_relay(endpoint.hub)
+        """Set when the broker shares SockJS sessions between nodes (edge.sockjs_relay)."""
+        self.registry = SessionRegistry(endpoint, self.relay)
+        if self.relay is not None:
+            self.relay.add(self)
         self.origins = OriginPolicy(
             config.allowed_origins if config.allowed_origins is not None else allowed_origins
         )
@@ -228,9 +231,16 @@ class EndpointRoutes:
             if error is not None:
                 return error
         session = self.registry.get(session_id)
+        if session is None and self.relay is not None:
+            relayed = await self._receive_shared(request, session_id, transport, callback)
+            if relayed is not None:
+                return relayed
+            session = self.registry.get(session_id)  # opened by a request that came meanwhile
         if session is None:
             if not self.endpoint.accepting:
                 self.endpoint.hub.stats.rejected_connections += 1
+                if self.relay is not None:
+                    self.relay.release(self.endpoint.prefix, session_id)
                 return h.text_response(503, "Too many connections; try again later.\n")
             remote = self.proxies.client_address(request)
             session = self.registry.create(session_id, remote,
@@ -240,13 +250,20 @@ class EndpointRoutes:
         else:
             session.transport_name = TRANSPORT_NAMES[transport]
         if transport in ("xhr", "jsonp"):
-            content_type = "application/javascript"
-            response = web.Response(content_type=content_type, charset="UTF-8")
-            self._session_headers(request, response.headers)
-            if transport == "xhr":
-                h.cors_headers(request, response.headers)
+            response = self._polling_response(request, transport)
             wrap = polling_wrapper(transport, callback.encode() if callback else None)
             return await run_polling(session, request, response, wrap)
+        streaming, response = self._streaming_response(request, transport, callback)
+        return await run_streaming(session, request, response, streaming)
+
+    def _polling_response(self, request: web.BaseRequest, transport: str) -> web.Response:
+        response = web.Response(content_type="application/javascript", charset="UTF-8")
+        self._session_headers(request, response.headers)
+        if transport == "xhr":
+            h.cors_headers(request, response.headers)
+        return response
+
+    def _streaming_response(self, request: web.BaseRequest, transport: str, callback: str | None):
         streaming = HtmlFile(callback) if transport == "htmlfile" else STREAMING[transport]()
         response = web.StreamResponse()
         response.headers["Content-Type"] = streaming.content_type
@@ -255,7 +272,51 @@ class EndpointRoutes:
             # sockjs-client opens EventSource cross-origin too, so it needs CORS like
             # the XHR transports.
             h.cors_headers(request, response.headers)
-        return await run_streaming(session, request, response, streaming)
+        return streaming, response
+
+    async def _receive_shared(self, request: web.Request, session_id: str, transport: str,
+                              callback: str | None) -> web.StreamResponse | None:
+        """A receiving request for a session this node does not have: claim the session
+        (None: it is this node's now, open it here) or relay the request to its owner
+        (edge.sockjs_relay)."""
+        relay = self.relay
+        assert relay is not None
+        prefix = self.endpoint.prefix
+        poll = transport in ("xhr", "jsonp")
+        fresh = False
+        while True:
+            try:
+                owner, cached = await relay.locate(prefix, session_id, claim=True, fresh=fresh)
+            except BrokerUnavailable as exc:
+                relay.unavailable(exc)
+                return None  # serve it here: it works when the load balancer keeps the client here
+            if owner is None or owner == relay.node_id:
+                return None
+            call = relay.receive(owner, prefix, session_id, request, transport, callback)
+            status, end, data = await call.open(poll, self.config.heartbeat_delay)
+            if status in ("unknown", "lost") and cached:
+                relay.forget(prefix, session_id)  # a stale cache entry: look it up again
+                fresh = True
+                continue
+            break
+        if status in ("unknown", "lost"):
+            # The owner is gone (or no longer has it): its queue and state died with it.
+            data, end = frame_wrapper(transport, callback)(SESSION_LOST), True
+        elif status == "aborted":
+            return web.Response(status=204)  # the client went away; nothing will read this
+        elif status == "stopping":
+            # This node is shutting down: end the poll with a heartbeat; the client's next
+            # poll goes to another node and finds the session where it was.
+            data, end = frame_wrapper(transport, callback)(HEARTBEAT), True
+        elif status != "ok":
+            return h.text_response(503, "The node holding this session cannot be reached; try again.\n")
+        if poll:
+            response = self._polling_response(request, transport)
+            self.endpoint.bytes_out += len(data)
+            response.body = data
+            return response
+        streaming, response = self._streaming_response(request, transport, callback)
+        return await run_relayed_streaming(call, request, response, streaming, data, end, self.endpoint)
 
     async def send(self, request: web.Request, session_id: str, transport: str):
         response = await self._send(request, session_id, transport)
@@ -266,8 +327,18 @@ class EndpointRoutes:
 
     async def _send(self, request: web.Request, session_id: str, transport: str):
         session = self.registry.get(session_id)
+        if session is None and self.relay is not None:
+            return await self._send_shared(request, session_id, transport)
         if session is None or session.core.closed:
             return h.empty_response(404)
+        body = await self._send_body(request, transport)
+        if not isinstance(body, bytes):
+            return body
+        return self._send_response(request, transport, *self.deliver(session, body, transport))
+
+    async def _send_body(self, request: web.Request, transport: str) -> bytes | web.Response:
+        """The messages' JSON of a send (from the ``d`` field of a jsonp_send form), or
+        the error response."""
         limit = self.config.max_message_size
         if request.content_length is not None and request.content_length > limit * 2 + 64:
             return h.text_response(413, f"Payload over the {limit} byte limit.\n")
@@ -277,25 +348,72 @@ class EndpointRoutes:
         if transport == "jsonp_send" and request.content_type == "application/x-www-form-urlencoded":
             form = await _parse_form(body)
             body = form.get("d", "").encode("utf-8")
+        return body
+
+    def deliver(self, session: HttpSession, body: bytes, transport: str) -> tuple[int, str | None]:
+        """Hand a send's messages to the endpoint; returns the HTTP status and text the
+        client gets. Synchronous: the owner of a shared session runs it for the node that
+        got the request (edge.sockjs_relay)."""
+        if session.core.closed:
+            return 404, None
         if TRACER.active:
             TRACER.sockjs(session, "in", body)
         try:
             messages = decode_messages(body)
         except PayloadError as exc:
-            return h.text_response(500, str(exc))
+            return 500, str(exc)
+        limit = self.config.max_message_size
         for message in messages:
             if len(message) > limit:
                 session.close(closecodes.MESSAGE_TOO_BIG, "Message too big")
-                return h.text_response(413, f"Message over the {limit} byte limit.\n")
+                return 413, f"Message over the {limit} byte limit.\n"
         received = self.endpoint.received
         for message in messages:
             received(session, message)
-        if transport == "xhr_send":
+        return (204, None) if transport == "xhr_send" else (200, "ok")
+
+    def _send_response(self, request: web.BaseRequest, transport: str, status: int,
+                       text: str | None) -> web.Response:
+        if status == 204:
             response = web.Response(status=204, content_type="text/plain", charset="UTF-8")
+        elif status == 200:
+            response = h.text_response(200, text or "ok")
+        elif text is None:
+            return h.empty_response(status)
         else:
-            response = h.text_response(200, "ok")
+            return h.text_response(status, text)
         self._session_headers(request, response.headers)
         return response
+
+    async def _send_shared(self, request: web.Request, session_id: str, transport: str) -> web.Response:
+        """A send for a session this node does not have: relay it to the owner."""
+        relay = self.relay
+        assert relay is not None
+        prefix = self.endpoint.prefix
+        try:
+            owner, cached = await relay.locate(prefix, session_id, claim=False)
+        except BrokerUnavailable as exc:
+            relay.unavailable(exc)
+            return h.text_response(503, "Sessions cannot be looked up now; try again.\n")
+        if owner is None or owner == relay.node_id:
+            return h.empty_response(404)
+        body = await self._send_body(request, transport)
+        if not isinstance(body, bytes):
+            return body
+        status, http_status, text = await relay.send(owner, prefix, session_id, transport, body)
+        if status in ("unknown", "lost") and cached:
+            relay.forget(prefix, session_id)
+            try:
+                owner, _ = await relay.locate(prefix, session_id, claim=False, fresh=True)
+            except BrokerUnavailable as exc:
+                relay.unavailable(exc)
+                return h.text_response(503, "Sessions cannot be looked up now; try again.\n")
+            if owner is None or owner == relay.node_id:
+                return h.empty_response(404)
+            status, http_status, text = await relay.send(owner, prefix, session_id, transport, body)
+        if status in ("timeout", "unavailable"):
+            return h.text_response(503, "The node holding this session cannot be reached; try again.\n")
+        return self._send_response(request, transport, http_status, text)
 
     # -- WebSocket ------------------------------------------------------------------------
 

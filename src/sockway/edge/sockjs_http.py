@@ -6,6 +6,14 @@ transports. Its state lives in :class:`sockway.sockjs.session.Session` (no I/O);
 module is the I/O around it: one aiohttp handler per request, and at most one
 *receiving* request attached to a session at a time, woken when the session has
 something for it.
+
+With a broker that shares sessions between nodes (edge.sockjs_relay), the receiving
+request may have come in on another node: the session's owner then attaches a
+:class:`RemoteReceiver` in its place and answers that node's pulls with the frames,
+already wrapped for the transport, that a local request would have written
+(:func:`poll_frame`, :func:`next_frames`, :func:`stream_chunk`); the serving node writes
+them to its client (:func:`run_relayed_streaming`). The rules are the same either way:
+one receiving request at a time, heartbeats, response_limit, 1002 when the client aborts.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, ClassVar
 
 from aiohttp import web
@@ -35,11 +44,21 @@ from sockway.sockjs.frames import (
 from sockway.sockjs.session import Session
 
 if TYPE_CHECKING:
+    from sockway.edge.sockjs_relay import RelayedReceive, SessionRelay
     from sockway.hub.endpoint import Endpoint
 
-__all__ = ["HttpSession", "Receiver", "SessionRegistry"]
+__all__ = ["TRANSPORT_NAMES", "HttpSession", "Receiver", "RemoteReceiver", "SessionRegistry"]
 
 log = logging.getLogger("sockway.sockjs")
+
+TRANSPORT_NAMES = {
+    "xhr": "xhr-polling",
+    "xhr_streaming": "xhr-streaming",
+    "eventsource": "eventsource",
+    "htmlfile": "htmlfile",
+    "jsonp": "jsonp-polling",
+}
+"""URL transport name -> the name connections report (sockjs-client's names)."""
 
 
 class Receiver:
@@ -95,6 +114,38 @@ class Receiver:
 def _timeout(waiter: asyncio.Future) -> None:
     if not waiter.done():
         waiter.set_result(False)
+
+
+class RemoteReceiver(Receiver):
+    """On the session's owner, a receiving request that another node serves: woken and
+    aborted like a local one; the frames it is due go back in the answers to that
+    node's pulls. ``wrap`` is its transport's wrapping, ``sent`` the bytes it has been
+    given (checked against ``response_limit`` for the streaming transports)."""
+
+    __slots__ = ("contact", "ended", "lost", "node", "rid", "sent", "session", "wrap")
+
+    def __init__(self, session: HttpSession, rid: str, node: str, wrap: Callable[[bytes], bytes]) -> None:
+        super().__init__(None)  # type: ignore[arg-type]
+        self.session = session
+        self.rid = rid
+        self.node = node
+        self.wrap = wrap
+        self.sent = 0
+        self.lost = False
+        """The serving node no longer has the request (or is gone): the client is."""
+        self.ended = False
+        """The serving node ended the request without the client going away (it stops)."""
+        self.contact = session.registry.loop.time()
+        """When the serving node last pulled (or said the request was still there)."""
+
+    @property
+    def gone(self) -> bool:
+        return self.lost
+
+    @property
+    def waiting(self) -> bool:
+        """A pull of the serving node is waiting here for frames."""
+        return self._waiter is not None
 
 
 class HttpSession(Connection):
@@ -175,10 +226,12 @@ class HttpSession(Connection):
 class SessionRegistry:
     """The SockJS HTTP sessions of one endpoint, and their timers."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, relay: SessionRelay | None = None) -> None:
         self.endpoint = endpoint
         self.loop = endpoint.hub.loop
         self.sessions: dict[str, HttpSession] = {}
+        self.relay = relay
+        """Set when sessions are shared between nodes: expired ones are released there."""
         endpoint.hub.add_sweeper(self.sweep)
 
     def get(self, session_id: str) -> HttpSession | None:
@@ -201,6 +254,8 @@ class SessionRegistry:
                 expired.append(session)
         for session in expired:
             del self.sessions[session.core.id]
+            if self.relay is not None:
+                self.relay.release(self.endpoint.prefix, session.core.id)
             if not session.core.closed:
                 session.core.close(closecodes.ABNORMAL, "session timed out")
                 self.endpoint.closed(session, closecodes.ABNORMAL, "session timed out")
@@ -264,10 +319,20 @@ def polling_wrapper(transport: str, callback: bytes | None) -> Callable[[bytes],
     return wrap_xhr
 
 
-async def run_polling(session: HttpSession, request: web.BaseRequest, response: web.Response,
-                      wrap: Callable[[bytes], bytes]) -> web.Response:
-    """One poll: answer with one frame (open, messages, close or heartbeat)."""
-    receiver = Receiver(request)
+def frame_wrapper(transport: str, callback: str | None) -> Callable[[bytes], bytes]:
+    """The wrapping of frames for a receiving transport (URL name)."""
+    if transport == "jsonp":
+        return partial(wrap_jsonp, callback=(callback or "").encode())
+    if transport == "eventsource":
+        return wrap_eventsource
+    if transport == "htmlfile":
+        return wrap_htmlfile
+    return wrap_xhr
+
+
+async def poll_frame(session: HttpSession, receiver: Receiver) -> bytes | None:
+    """One poll's frame (open, messages, close or heartbeat), waiting up to
+    heartbeat_delay for one; None if the request was aborted meanwhile."""
     result = session.attach_receiver(receiver)
     if result.frames:
         frame = result.frames[0]
@@ -276,7 +341,7 @@ async def run_polling(session: HttpSession, request: web.BaseRequest, response: 
     else:
         woken = await receiver.wait(session.endpoint.config.heartbeat_delay)
         if receiver.aborted:
-            return response  # the client is gone; nothing will read this
+            return None  # the client is gone; nothing will read this
         frame = session.core.take_one() if woken else None
         if frame is None:
             frame = HEARTBEAT
@@ -284,10 +349,55 @@ async def run_polling(session: HttpSession, request: web.BaseRequest, response: 
     session.core.sent(session.registry.loop.time())
     if TRACER.active:
         TRACER.sockjs(session, "out", frame)
+    return frame
+
+
+async def run_polling(session: HttpSession, request: web.BaseRequest, response: web.Response,
+                      wrap: Callable[[bytes], bytes]) -> web.Response:
+    """One poll: answer with one frame (open, messages, close or heartbeat)."""
+    frame = await poll_frame(session, Receiver(request))
+    if frame is None:
+        return response
     body = wrap(frame)
     session.endpoint.bytes_out += len(body)
     response.body = body
     return response
+
+
+# -- the owner's side of a receiving request served by another node ------------------------
+
+
+def stream_chunk(session: HttpSession, receiver: RemoteReceiver, frames: list[bytes]) -> tuple[bytes, bool]:
+    """``frames`` wrapped for the remote streaming request, and whether its response
+    must end after them (a close frame, or response_limit reached), as
+    :func:`run_streaming` decides for a local one."""
+    out = []
+    done = False
+    wrap = receiver.wrap
+    for frame in frames:
+        if TRACER.active:
+            TRACER.sockjs(session, "out", frame)
+        out.append(wrap(frame))
+        if frame[:1] == b"c":
+            done = True
+    data = b"".join(out)
+    receiver.sent += len(data)
+    if frames:
+        session.core.sent(session.registry.loop.time())
+    return data, done or receiver.sent >= session.endpoint.config.response_limit
+
+
+async def next_frames(session: HttpSession, receiver: RemoteReceiver) -> list[bytes] | None:
+    """The next frames due to an attached remote streaming request: what is queued, or
+    a heartbeat after heartbeat_delay; None if it was aborted meanwhile."""
+    delay = session.endpoint.config.heartbeat_delay
+    while True:
+        woken = await receiver.wait(delay)
+        if receiver.aborted:
+            return None
+        frames = session.core.pending_frames() if woken else [HEARTBEAT]
+        if frames:
+            return frames
 
 
 async def run_streaming(session: HttpSession, request: web.BaseRequest,
@@ -338,6 +448,53 @@ async def run_streaming(session: HttpSession, request: web.BaseRequest,
     finally:
         if not result.release:
             session.detach_receiver(receiver, aborted=aborted)
+    if not aborted:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await response.write_eof()
+    return response
+
+
+# -- the serving node's side of a request relayed to the session's owner --------------------
+
+
+async def run_relayed_streaming(call: RelayedReceive, request: web.BaseRequest, response: web.StreamResponse,
+                                transport: StreamingTransport, data: bytes, end: bool,
+                                endpoint: Endpoint) -> web.StreamResponse:
+    """A streaming response for a session owned by another node: the prelude, then what
+    the owner's answers carry (``data``, then each pull's), until the owner ends it
+    (close frame, response_limit) or the client goes away (the owner is told: 1002)."""
+    from sockway.edge.sockjs_relay import SESSION_LOST
+
+    if request.version < (1, 1):
+        response.force_close()
+    aborted = False
+    try:
+        await response.prepare(request)
+        await response.write(transport.prelude(request))
+        while True:
+            if data:
+                await response.write(data)
+                endpoint.bytes_out += len(data)
+            if end:
+                break
+            status, end, data = await call.pull()
+            if status == "aborted":
+                aborted = True
+                break
+            if status in ("gone", "stopping"):
+                break  # ended cleanly: the client opens its next stream, on another node
+            if status != "ok":
+                # The owner is gone or cannot be reached: this session cannot go on.
+                data, end = transport.wrap(SESSION_LOST), True
+    except (ConnectionError, RuntimeError):
+        aborted = True
+    except asyncio.CancelledError:
+        # The server is stopping: the owner detaches the request, the session lives on.
+        call.finish_soon(aborted=False)
+        raise
+    finally:
+        if not call.ended:
+            await call.finish(aborted=aborted)
     if not aborted:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await response.write_eof()
