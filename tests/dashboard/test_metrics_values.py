@@ -294,7 +294,6 @@ def test_events_and_their_queue(mgw, webhook):
     assert [e["type"] for e in webhook.events[-7:]] == ["open", *["message"] * 5, "close"]
 
 
-@pytest.mark.xfail(strict=True, reason="edge/routes.py does not add SockJS HTTP request bodies to bytes_in")
 @pytest.mark.parametrize("transport", ["xhr-polling", "xhr-streaming"])
 def test_bytes_received_over_sockjs_http(mgw, transport):
     """What SockJS clients post (xhr_send) is read from them too."""

@@ -345,6 +345,7 @@ class EndpointRoutes:
         body = await _read_body(request, limit * 2 + 64)
         if body is None:
             return h.text_response(413, f"Payload over the {limit} byte limit.\n")
+        self.endpoint.bytes_in += len(body)
         if transport == "jsonp_send" and request.content_type == "application/x-www-form-urlencoded":
             form = await _parse_form(body)
             body = form.get("d", "").encode("utf-8")
