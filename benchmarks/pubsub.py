@@ -673,9 +673,14 @@ def _measure_scaleout(m: Measurement, s: Settings, workdir: Path, log_path: Path
         nodes = gateway.node_connections()
         sockets = established_per_pid(gateway.worker_pids, gateway.port)
         labels = {pid: name for name, pid in pids.items()}
+        # One node: its counters (with two, each request reaches either node).
+        before = gateway.stats() if m.nodes == 1 else None
         generator.go()
         generator.wait_for("started", 30)
-        result = generator.result(_hard_timeout(m))
+        line = generator.wait_for("phase1", _hard_timeout(m), or_result=True)
+        after = gateway.stats() if m.nodes == 1 else None
+        result = line if "ok" in line else generator.result(_hard_timeout(m))
+        result |= _delta(after, before)
         result["clients_per_node"] = nodes
         result["clients_per_process"] = {labels[pid]: n for pid, n in sockets.items()}
         result["connect_s"] = ready.get("connect_s", result.get("connect_s"))

@@ -110,7 +110,8 @@ def _bridge(records: list[Record]) -> list[str]:
                 f"{clients:,}", PATH_TITLES.get(r.get("path", ""), r.get("path", "?")), _num(publisher),
                 _num(r.get("gateway_published_per_s")), _num(r.get("deliveries_per_s")),
                 _ratio(r.get("deliveries_per_s"), base), _ms(r.get("p50_ms"), r.get("p99_ms")),
-                _ms(r.get("paced_p50_ms"), r.get("paced_p99_ms")), _num(r.get("deliveries_per_write")),
+                _ms(r.get("paced_p50_ms"), r.get("paced_p99_ms")),
+                _ms(r.get("paced_ingest_p50_ms"), r.get("paced_ingest_p99_ms")), _num(r.get("deliveries_per_write")),
                 _checks(r)))
             cpu_rows.append((
                 f"{clients:,}", r.get("path", "?"), _num(r.get("seconds")) + " s",
@@ -120,7 +121,7 @@ def _bridge(records: list[Record]) -> list[str]:
                 _num(r.get("deliveries_per_server_cpu_s"))))
     lines += _table(("subscribers", "path", "published/s (publisher)", "published/s (gateway)", "deliveries/s",
                      "vs edge broadcast", "p50 / p99 full speed", _paced_title(measured),
-                     "deliveries per write", "checks"), rows)
+                     "paced: to the first subscriber", "deliveries per write", "checks"), rows)
     lines += ["", "Bridge: CPU in the full-speed window (100% = one core); 'publisher waited' = share of the window "
                   "the publisher was blocked on its window of unseen messages (it could have sent faster)"]
     lines += _table(("subscribers", "path", "window", "gateway", "publisher", "generator", "others (full / paced)",
@@ -161,12 +162,14 @@ def _scaleout(records: list[Record]) -> list[str]:
             cpu_rows.append((
                 f"{clients:,}", r.get("broker", "?"), str(r.get("nodes")), _num(r.get("seconds")) + " s",
                 " + ".join(_pct(v) for v in nodes) or "-", _pct(broker), _pct(r.get("gen_cpu_util")),
-                _others(r), _pct(r.get("machine_cpu_util")), _num(r.get("deliveries_per_server_cpu_s"))))
+                _others(r), _pct(r.get("machine_cpu_util")), _num(r.get("deliveries_per_server_cpu_s")),
+                _num(r.get("deliveries_per_write"))))
     lines += _table(("clients", "broker", "nodes", "deliveries/s", "vs 1 node", "vs memory 1 node",
                      "p50 / p99 full speed", _paced_title(measured), "clients (CPU) per node", "checks"), rows)
     lines += ["", "Scale-out: CPU in the full-speed window (100% = one core; 200% = the whole machine)"]
     lines += _table(("clients", "broker", "nodes", "window", "gateway node(s)", "broker", "generator",
-                     "others (full / paced)", "whole machine", "deliveries per gateway CPU-s"), cpu_rows)
+                     "others (full / paced)", "whole machine", "deliveries per gateway CPU-s",
+                     "deliveries per write (1 node)"), cpu_rows)
     return lines
 
 
