@@ -176,10 +176,16 @@ class Observer(asyncio.Protocol):
             self.errors.append(json.dumps(message)[:200])
 
     async def until(self, predicate, timeout: float, what: str) -> None:
+        """Wait for ``predicate``; fails when nothing comes back for ``timeout`` seconds
+        (a slow gateway that keeps delivering is waited for)."""
         deadline = time.monotonic() + timeout
+        seen = self.seen
         while not predicate():
             if self.closed:
                 raise ConnectionError(f"observer connection lost waiting for {what}")
+            if self.seen != seen:
+                seen = self.seen
+                deadline = time.monotonic() + timeout
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"{what}: nothing for {timeout:.0f}s")
