@@ -129,29 +129,36 @@ def run(args: argparse.Namespace) -> int:
                 for cmd in _commands(args, [line]):
                     publisher.socket.send(json.dumps(cmd).encode())
         return 0
-    if args.nats:
-        return _run_nats(args, lines())
-    return _run_redis(args, lines())
+    return _run_broker(args, lines())
 
 
-def _run_nats(args: argparse.Namespace, lines) -> int:
-    """Commands by NATS request/reply to whichever node answers first; ``--nats`` takes
-    the broker URL of the gateway's configuration as is (its ``prefix`` names the
-    subject)."""
+def _run_broker(args: argparse.Namespace, lines) -> int:
+    """Commands through the cluster's broker, each result (or refusal) coming back from
+    the node that ran it. The URL is the gateway's ``[broker] url`` as configured: its
+    ``prefix`` names the command list (Redis) or subject (NATS)."""
     from urllib.parse import parse_qs, urlsplit, urlunsplit
 
     from sockway.app import GatewayError
-    from sockway.app_nats import NatsCommands
 
-    parts = urlsplit(args.nats)
-    if parts.scheme not in ("nats", "tls"):
-        print(f"sockway publish: --nats takes a nats:// URL, got {args.nats!r}", file=sys.stderr)
+    engine, url = ("NATS", args.nats) if args.nats else ("Redis", args.redis)
+    schemes = ("nats", "tls") if args.nats else ("redis", "rediss", "unix")
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        print(f"sockway publish: --{engine.lower()} takes a {schemes[0]}:// URL, got {url!r}", file=sys.stderr)
         return 2
     prefix = parse_qs(parts.query).get("prefix", ["sockway"])[0]
+    bare = urlunsplit(parts._replace(query=""))
     try:
-        gateway = NatsCommands(urlunsplit(parts._replace(query="")), prefix=prefix, timeout=5.0)
-    except Exception as exc:  # nats-py raises several kinds when it cannot connect
-        print(f"sockway publish: cannot reach {args.nats}: {str(exc) or type(exc).__name__}", file=sys.stderr)
+        if args.nats:
+            from sockway.app_nats import NatsCommands
+
+            gateway = NatsCommands(bare, prefix=prefix, timeout=5.0)
+        else:
+            from sockway.app_redis import RedisCommands
+
+            gateway = RedisCommands(bare, prefix=prefix)
+    except Exception as exc:  # the client libraries raise several kinds when they cannot connect
+        print(f"sockway publish: cannot reach {url}: {str(exc) or type(exc).__name__}", file=sys.stderr)
         return 1
     status = 0
     try:
@@ -164,47 +171,14 @@ def _run_nats(args: argparse.Namespace, lines) -> int:
                     print(f"sockway publish: refused: {exc}", file=sys.stderr)
                     status = 1
                 except TimeoutError as exc:
-                    print(f"sockway publish: {exc} (is a gateway using this NATS?)", file=sys.stderr)
+                    print(f"sockway publish: {exc} (is a gateway using this {engine}?)", file=sys.stderr)
+                    return 1
+                except Exception as exc:  # redis.RedisError and the like: the broker is unreachable
+                    print(f"sockway publish: cannot reach {url}: {exc}", file=sys.stderr)
                     return 1
                 else:
                     print(json.dumps(result))
     finally:
-        gateway.close()
-    return status
-
-
-def _run_redis(args: argparse.Namespace, lines) -> int:
-    """Commands pushed onto the cluster's command list; each result (or refusal) comes
-    back from the node that ran it. ``--redis`` takes the broker URL of the gateway's
-    configuration as is: its ``prefix`` names the list."""
-    from urllib.parse import parse_qs, urlsplit, urlunsplit
-
-    import redis
-
-    from sockway.app import GatewayError
-    from sockway.app_redis import RedisCommands
-
-    parts = urlsplit(args.redis)
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        print(f"sockway publish: --redis takes a redis:// URL, got {args.redis!r}", file=sys.stderr)
-        return 2
-    prefix = parse_qs(parts.query).get("prefix", ["sockway"])[0]
-    gateway = RedisCommands(urlunsplit(parts._replace(query="")), prefix=prefix)
-    status = 0
-    for line in lines:
-        for cmd in _commands(args, [line]):
-            op = cmd.pop("op")
-            try:
-                result = gateway.command(op, wait=True, **cmd)
-            except GatewayError as exc:
-                print(f"sockway publish: refused: {exc}", file=sys.stderr)
-                status = 1
-            except TimeoutError as exc:
-                print(f"sockway publish: {exc} (is a gateway using this Redis?)", file=sys.stderr)
-                return 1
-            except redis.RedisError as exc:
-                print(f"sockway publish: cannot reach {args.redis}: {exc}", file=sys.stderr)
-                return 1
-            else:
-                print(json.dumps(result))
+        if args.nats:
+            gateway.close()  # its own event loop thread and connection
     return status
