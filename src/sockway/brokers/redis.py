@@ -320,6 +320,11 @@ class _Write:
         self.finish = finish
 
 
+POOL_SIZE = 64
+"""Connections to Redis for commands, per node (plus one for pub/sub and one for
+blocking reads)."""
+
+
 class RedisBroker(Broker):
     name = "redis"
 
@@ -335,7 +340,11 @@ class RedisBroker(Broker):
                   "socket_timeout": self.timeout, "socket_keepalive": True,
                   "retry": Retry(NoBackoff(), 0), "decode_responses": False}
         # Commands; no hidden retries: a publish retried after a lost answer could run twice.
-        self.redis = aioredis.from_url(self.url, **kwargs)
+        # A blocking pool: a burst of subscribes (each reads history) waits for a free
+        # connection instead of failing with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(self.url, max_connections=POOL_SIZE,
+                                                        timeout=self.timeout, **kwargs)
+        self.redis = aioredis.Redis(connection_pool=pool)
         # The pub/sub connection reads without a socket timeout (silence is normal), and a
         # PING every few seconds finds a dead peer.
         self._psclient = aioredis.from_url(self.url, **{**kwargs, "socket_timeout": None,
