@@ -911,13 +911,24 @@ class RedisBroker(Broker):
     def _skey(self, key: str) -> str:
         return f"{self.prefix}:s:{key}"
 
+    async def _session_ready(self) -> None:
+        """Raise BrokerUnavailable unless connected; a node that has not connected yet
+        (just started: with ``--workers`` the port takes requests before every worker's
+        broker is up) waits for its first connection, at most connect_timeout."""
+        if self._connected:
+            return
+        if not self._connected_once.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._connected_once.wait(), float(self.options["connect_timeout"]))
+        if not self._connected:
+            raise BrokerUnavailable("not connected to Redis")
+
     def session_claim(self, key: str) -> Awaitable[str]:
         return self._session_claim(key)
 
     async def _session_claim(self, key: str) -> str:
         self._owned.add(key)  # kept (and re-created by _session_loop) if Redis is away now
-        if not self._connected:
-            raise BrokerUnavailable("not connected to Redis")
+        await self._session_ready()
         try:
             old = await self.redis.set(self._skey(key), self.node_id, nx=True,
                                        px=int(self.session_ttl * 1000), get=True)
@@ -934,8 +945,7 @@ class RedisBroker(Broker):
         return self._session_owner(key)
 
     async def _session_owner(self, key: str) -> str | None:
-        if not self._connected:
-            raise BrokerUnavailable("not connected to Redis")
+        await self._session_ready()
         try:
             owner = await self.redis.get(self._skey(key))
         except NETWORK_ERRORS as exc:
@@ -971,8 +981,7 @@ class RedisBroker(Broker):
         return self._relay(node, payload, timeout)
 
     async def _relay(self, node: str, payload: bytes, timeout: float) -> bytes:
-        if not self._connected:
-            raise BrokerUnavailable("not connected to Redis")
+        await self._session_ready()
         request_id = next(self._request_ids)
         future = asyncio.get_running_loop().create_future()
         self._replies[request_id] = future
