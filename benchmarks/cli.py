@@ -104,10 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="paced phase: its length (default 2; --quick 1; 0: no paced phase)")
     bridge.add_argument("--scaleout-clients", type=_ints, help="scaleout: client counts (default 5000,10000)")
     bridge.add_argument("--scaleout-messages", type=int,
-                        help="scaleout: messages published at full speed, memory and Redis brokers (default 1000)")
-    bridge.add_argument("--nats-messages", type=int,
-                        help="scaleout: the same with the NATS broker, which takes one publication per "
-                             "fan-out flush (see benchmarks/README.md) (default 100)")
+                        help="scaleout: messages published at full speed (default 1000)")
     bridge.add_argument("--brokers", type=_names(pubsub.BROKERS), default=list(pubsub.BROKERS),
                         help="scaleout: brokers, each started on a free port (default memory,redis,nats)")
     bridge.add_argument("--nodes", type=_ints, default=[1, 2],
@@ -175,7 +172,6 @@ def _settings(args: argparse.Namespace) -> Settings:
         paced_seconds=max(0.0, pick(args.paced_seconds, 2.0, 1.0)),
         scaleout_clients=pick(args.scaleout_clients, [5000, 10000], [1000, 2000]),
         scaleout_messages=pick(args.scaleout_messages, 1000, 300),
-        nats_messages=pick(args.nats_messages, 100, 50),
         brokers=args.brokers,
         nodes=args.nodes,
         subscribe_concurrency=max(1, args.subscribe_concurrency),

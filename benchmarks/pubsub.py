@@ -438,7 +438,7 @@ def paced(m: Measurement, s: Settings) -> tuple[int, float]:
 def messages_for(m: Measurement, s: Settings) -> int:
     if m.scenario == "bridge":
         return s.bridge_messages
-    return s.nats_messages if m.broker == "nats" else s.scaleout_messages
+    return s.scaleout_messages
 
 
 def _generator_config(m: Measurement, s: Settings, port: int, pids: dict[str, int], *, mode: str,

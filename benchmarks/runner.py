@@ -60,7 +60,6 @@ class Settings:
     paced_max_rate: float = 50.0
     scaleout_clients: list[int] = field(default_factory=lambda: [5000, 10000])
     scaleout_messages: int = 1000
-    nats_messages: int = 100
     brokers: list[str] = field(default_factory=lambda: ["memory", "redis", "nats"])
     nodes: list[int] = field(default_factory=lambda: [1, 2])
     subscribe_concurrency: int = 50

@@ -250,3 +250,44 @@ def test_engines_are_selected_by_url():
     with pytest.raises(ValueError, match="unknown broker"):
         create_broker("kafka://x")
 
+
+
+@run(60)
+async def test_a_burst_of_publishes_is_appended_in_batches(nats_server):
+    """Publications a node makes to one channel while an append is in flight go out
+    together as one stored message: offsets stay consecutive and in call order, another
+    node delivers every one once and in order, and history and recovery read inside
+    batches (from any offset, a batch's middle included)."""
+    from sockway.brokers.base import HistoryPolicy, StreamPosition, resolve
+    from sockway.brokers.nats import NatsBroker
+
+    publisher = NatsBroker(nats_server.url + "?commands=off")
+    subscriber = NatsBroker(nats_server.url + "?commands=off")
+    await publisher.start()
+    await subscriber.start()
+    try:
+        channel = unique("burst")
+        policy = HistoryPolicy(size=1000)
+        got: list[tuple[int, object]] = []
+        subscriber.on_publication = lambda pub: got.append((pub.offset, pub.data)) if pub.channel == channel else None
+        await resolve(subscriber.interest(channel, True))
+        epoch = (await resolve(subscriber.history(channel, policy))).position.epoch
+
+        pubs = await asyncio.gather(*(resolve(publisher.publish(channel, {"n": n}, policy)) for n in range(300)))
+        assert [p.offset for p in pubs] == list(range(1, 301))
+        assert [p.data for p in pubs] == [{"n": n} for n in range(300)]
+        assert {p.epoch for p in pubs} == {epoch}
+        assert 0 < publisher.stats["batches"] < 300, dict(publisher.stats)
+
+        await eventually(lambda: len(got) >= 300, timeout=10)
+        assert got == [(n + 1, {"n": n}) for n in range(300)]
+        assert subscriber.stats["gaps"] == 0 and subscriber.stats["duplicates"] == 0
+
+        for since in (0, 1, 150, 299, 300):
+            r = await resolve(subscriber.history(channel, policy, StreamPosition(since, epoch)))
+            assert r.recovered and [p.offset for p in r.publications] == list(range(since + 1, 301)), since
+        last = await resolve(subscriber.history(channel, HistoryPolicy(size=1000), None, 5))
+        assert [p.data for p in last.publications] == [{"n": n} for n in range(295, 300)]
+    finally:
+        await publisher.stop()
+        await subscriber.stop()

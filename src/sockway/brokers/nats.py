@@ -42,8 +42,12 @@ What each guarantee rests on:
   history TTL, or purged) starts a new epoch; history queries on an empty channel store
   a marker (offset 0, a new epoch) so that the position they return is kept.
 * **Fan-out and order.** After JetStream acknowledges, the node publishes the
-  publication (with its stream sequence) on the channel's core subject. Publishes of one
-  node to one channel are chained (one at a time, in call order). Fan-out messages of
+  publication (with its stream sequence) on the channel's core subject. A node has one
+  append per channel in flight; what its callers publish to the channel meanwhile waits
+  in call order and goes out as the next append, several publications in one message
+  (a batch, ``brokers/wire.py``; ``batch`` option), so a burst costs one round trip per
+  batch and arrives at the other nodes in one piece, to be flushed to their clients in
+  one write each. Fan-out messages of
   different nodes can arrive out of order, and one can be lost (a node dying between
   acknowledgement and fan-out, a subscriber node disconnected): each node remembers the
   last offset it delivered per channel, drops duplicates and fills any gap from the
@@ -79,6 +83,7 @@ import contextlib
 import itertools
 import logging
 import os
+import random
 import re
 import time
 from collections.abc import Awaitable
@@ -99,7 +104,15 @@ from sockway.brokers.base import (
     StreamPosition,
     new_epoch,
 )
-from sockway.brokers.wire import decode_json, publication_body, publication_from, token, with_position
+from sockway.brokers.wire import (
+    batch_message,
+    decode_json,
+    marker_message,
+    publication_body,
+    publications_in,
+    token,
+    with_position,
+)
 from sockway.jsonutil import dumps
 
 if TYPE_CHECKING:
@@ -120,6 +133,7 @@ OPTIONS = {
     "session_ttl": "30",
     "connect_timeout": "2",
     "timeout": "5",
+    "batch": "500",
 }
 TRUE = ("1", "on", "true", "yes")
 EXPECTED = "Nats-Expected-Last-Subject-Sequence"
@@ -128,6 +142,12 @@ PART = "Sw-Part"
 """Header of a relayed request or answer sent in several messages: "<i>/<n>"."""
 HEADS = 10_000
 """Channels whose last (sequence, offset, epoch) a node remembers for its next publish."""
+BATCH_BYTES = 512 * 1024
+"""Bytes of publication bodies at most in one batch message (less if the server's
+``max_payload`` is under 1 MiB); a larger publication goes alone."""
+CONFLICT_ATTEMPTS = 50
+"""Appends of one batch refused because another node appended first, before the
+publish fails (within ``timeout`` seconds in all)."""
 
 _Head = tuple[int, int, str]
 """(stream sequence, offset, epoch) of a channel's last message."""
@@ -138,6 +158,20 @@ def _unavailable(exc: BaseException) -> BrokerUnavailable:
 
 
 NETWORK_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
+
+_Queued = tuple[bytes, Any, dict | None, float, HistoryPolicy, asyncio.Future]
+"""A publication waiting to be appended: body, data, info, time, policy, its caller's future."""
+
+
+class _Outbox:
+    """A channel's publications on this node waiting for their append, in call order,
+    and the task appending them (None when it has nothing to do)."""
+
+    __slots__ = ("items", "task")
+
+    def __init__(self) -> None:
+        self.items: collections.deque[_Queued] = collections.deque()
+        self.task: asyncio.Task | None = None
 
 
 class NatsBroker(Broker):
@@ -161,6 +195,9 @@ class NatsBroker(Broker):
         self.presence_ttl = float(self.options["presence_ttl"])
         self.meta_ttl = float(self.options["meta_ttl"])
         self.timeout = float(self.options["timeout"])
+        self.batch = max(1, int(self.options["batch"]))
+        """Publications at most in one stored message (1: one each, the format nodes
+        of earlier versions read: for a rolling upgrade)."""
         self.nc: Any = None
         self.js: Any = None
         self.kv: Any = None
@@ -176,7 +213,7 @@ class NatsBroker(Broker):
         """Per channel, the position its first history read here found: where to fill a
         gap from after a reconnect when nothing was delivered yet."""
         self._catching: dict[str, list[tuple[Publication, int]]] = {}
-        self._chains: dict[str, asyncio.Future] = {}
+        self._outboxes: dict[str, _Outbox] = {}
         self._heads: collections.OrderedDict[str, _Head] = collections.OrderedDict()
         self._streams: set[str] = set()
         self._members: dict[str, dict[str, bytes]] = {}
@@ -372,14 +409,17 @@ class NatsBroker(Broker):
     def _on_channel_message(self, channel: str, data: bytes) -> None:
         tag = data[:1]
         try:
-            if tag == b"p":
+            if tag == b"p" or tag == b"b":  # one publication, a batch of them
                 obj = decode_json(data[1:])
-                pub = publication_from(channel, obj)
+                pubs = publications_in(channel, obj)
                 seq = int(obj.get("s", 0))
-                buffered = self._catching.get(channel)
-                if buffered is not None:
-                    buffered.append((pub, seq))
-                else:
+                if seq and pubs:
+                    self._remember(channel, (seq, pubs[-1].offset, pubs[-1].epoch), newer=True)
+                for i, pub in enumerate(pubs):
+                    buffered = self._catching.get(channel)
+                    if buffered is not None:  # a gap is being filled: after it
+                        buffered.extend((later, seq) for later in pubs[i:])
+                        break
                     self._deliver(pub, seq, detect_gaps=True)
             elif tag in (b"j", b"l"):
                 obj = decode_json(data[1:])
@@ -424,7 +464,10 @@ class NatsBroker(Broker):
             # gap is accepted as lost.
             for delay in (0.2, 0.5, 1.0, 2.0, 3.0, 3.0, None):
                 try:
-                    missed = await self._walk_any(channel, since[2])
+                    # From the message holding offset ``since`` on (a batch may hold
+                    # more after it); what is not after ``since`` is dropped.
+                    missed = [(pub, seq) for pub, seq in await self._walk_any(channel, since[2] - 1)
+                              if pub.epoch != since[1] or pub.offset > since[0]]
                     break
                 except Exception as exc:
                     if delay is None or channel not in self._catching:
@@ -452,7 +495,7 @@ class NatsBroker(Broker):
         _spawn(run())
 
     async def _walk_any(self, channel: str, after_seq: int) -> list[tuple[Publication, int]]:
-        """The channel's stored publications after stream sequence ``after_seq``, in
+        """The channel's publications stored after stream sequence ``after_seq``, in
         whichever history stream it has (the node does not know the channel's policy
         here: it tries the streams it has used)."""
         self._check()
@@ -488,6 +531,8 @@ class NatsBroker(Broker):
         return stream, subject
 
     async def _head(self, stream: str, subject: str) -> _Head | None:
+        """The subject's last message: its sequence and the position after it (``"o"``
+        and ``"e"`` of every kind of message: wire.py)."""
         try:
             msg = await self.js.get_msg(stream, subject=subject, direct=True)
         except NotFoundError:
@@ -497,10 +542,11 @@ class NatsBroker(Broker):
 
     async def _walk(self, stream: str, subject: str, channel: str, after_seq: int,
                     until_seq: int | None = None) -> list[tuple[Publication, int]]:
-        """Messages on ``subject`` after ``after_seq`` (markers skipped), one direct get
-        each: at most the subject's ``size + 1`` messages."""
+        """The publications of the messages on ``subject`` after ``after_seq``, each with
+        its message's sequence (a batch gives several, a marker none), one direct get per
+        message: at most the subject's ``size + 1`` messages."""
         out = []
-        seq = after_seq + 1
+        seq = max(1, after_seq + 1)
         while until_seq is None or seq <= until_seq:
             try:
                 msg = await self.js.get_msg(stream, seq=seq, subject=subject, next=True, direct=True)
@@ -508,25 +554,30 @@ class NatsBroker(Broker):
                 break
             if until_seq is not None and msg.seq > until_seq:
                 break
-            obj = decode_json(msg.data)
-            if "m" not in obj:  # not a marker
-                out.append((publication_from(channel, obj), int(msg.seq)))
-            seq = int(msg.seq) + 1
+            seq = int(msg.seq)
+            out += [(pub, seq) for pub in publications_in(channel, decode_json(msg.data))]
+            seq += 1
         return out
 
-    async def _append(self, stream: str, subject: str, head: _Head | None, body: bytes | None,
+    async def _append(self, stream: str, subject: str, head: _Head | None, bodies: list[bytes] | None,
                       marker_epoch: str | None = None) -> tuple[_Head, bytes] | None:
         """Append after ``head`` (None: the subject is empty); None if another writer was
-        first. ``body`` None: a marker (same offset, ``marker_epoch``)."""
-        if body is None:
+        first. ``bodies``: one publication, or a batch of them with consecutive offsets;
+        None: a marker (same offset, ``marker_epoch``). The head returned has the last
+        offset appended."""
+        if bodies is None:
             offset = head[1] if head is not None else 0
             epoch = marker_epoch or new_epoch()
-            message = b'{"o":%d,"e":"%s","m":1}' % (offset, epoch.encode())
+            message = marker_message(offset, epoch)
         else:
-            offset = head[1] + 1 if head is not None else 1
+            first = head[1] + 1 if head is not None else 1
             epoch = head[2] if head is not None else new_epoch()
-            message = with_position(offset, epoch, body)
-        expected = head[0] if head is not None and body is not None else 0
+            if len(bodies) == 1:
+                message = with_position(first, epoch, bodies[0])
+            else:
+                message = batch_message(first, epoch, bodies)
+            offset = first + len(bodies) - 1
+        expected = head[0] if head is not None and bodies is not None else 0
         try:
             ack = await self.js.publish(subject, message, stream=stream, headers={EXPECTED: str(expected)})
         except APIError as exc:
@@ -539,51 +590,125 @@ class NatsBroker(Broker):
 
     def publish(self, channel: str, data: Any, policy: HistoryPolicy,
                 info: dict | None = None) -> Awaitable[Publication]:
+        """Queue the publication behind this node's others to the channel. One task per
+        channel appends what is queued: alone when it is alone, otherwise as batches
+        (:meth:`_drain`)."""
         now = time.time()
         body = publication_body(data, info, now)
-        previous = self._chains.get(channel)
-        task = asyncio.get_running_loop().create_task(
-            self._publish(channel, body, policy, previous, data, info, now))
-        task.add_done_callback(_consume)
-        self._chains[channel] = task
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        future.add_done_callback(_consume)
+        outbox = self._outboxes.get(channel)
+        if outbox is None:
+            outbox = self._outboxes[channel] = _Outbox()
+        outbox.items.append((body, data, info, now, policy, future))
+        if outbox.task is None:
+            outbox.task = loop.create_task(self._drain(channel, outbox))
+        return future
 
-        def forget(done: asyncio.Future) -> None:
-            if self._chains.get(channel) is done:
-                del self._chains[channel]
+    async def _drain(self, channel: str, outbox: _Outbox) -> None:
+        """Append the channel's queued publications, in order: each append takes all
+        that are waiting (up to :attr:`batch` publications and the byte bound), so a
+        burst costs one JetStream round trip and one fan-out message per batch, and the
+        receiving nodes deliver a batch in one event loop turn (one coalesced write per
+        subscriber)."""
+        items = outbox.items
+        batch: list[_Queued] = []
+        try:
+            while items:
+                batch, policy = self._take(items)
+                if not batch:
+                    continue
+                try:
+                    first, epoch = await self._append_batch(channel, policy, [item[0] for item in batch])
+                except Exception as exc:
+                    for item in batch:
+                        if not item[5].done():
+                            item[5].set_exception(exc)
+                    batch = []
+                    continue
+                for i, (_body, data, info, now, _policy, future) in enumerate(batch):
+                    if not future.done():
+                        future.set_result(Publication(channel, first + i, epoch, data, info, now))
+                batch = []
+        finally:
+            # Cancelled (the loop is closing): nothing more is appended from here.
+            for item in [*batch, *items]:
+                if not item[5].done():
+                    item[5].set_exception(BrokerUnavailable("stopped"))
+            items.clear()
+            outbox.task = None
+            if self._outboxes.get(channel) is outbox:
+                del self._outboxes[channel]
 
-        task.add_done_callback(forget)
-        return task
+    def _take(self, items: collections.deque[_Queued]) -> tuple[list[_Queued], HistoryPolicy]:
+        """The next batch: the oldest queued publications with the same history policy,
+        up to :attr:`batch` of them and :data:`BATCH_BYTES` of bodies (at least one)."""
+        limit = BATCH_BYTES
+        if self.nc is not None:
+            limit = min(limit, max(1024, self.nc.max_payload // 2))
+        batch: list[_Queued] = []
+        policy = items[0][4]
+        size = 0
+        while items and len(batch) < self.batch:
+            item = items[0]
+            if item[5].done():  # its caller gave up before it was appended
+                items.popleft()
+                continue
+            if batch and (item[4] != policy or size + len(item[0]) > limit):
+                break
+            batch.append(items.popleft())
+            policy = item[4]
+            size += len(item[0]) + 3
+        return batch, policy
 
-    async def _publish(self, channel: str, body: bytes, policy: HistoryPolicy,
-                       previous: asyncio.Future | None, data: Any, info: dict | None,
-                       now: float) -> Publication:
-        if previous is not None:
-            await asyncio.wait([previous])  # this node's publishes to a channel, in order
+    async def _append_batch(self, channel: str, policy: HistoryPolicy, bodies: list[bytes]) -> tuple[int, str]:
+        """Append ``bodies`` with the next offsets (one message), then send the message on
+        the channel's core subject; returns the first offset and the epoch. A conflict
+        (another node appended first) re-reads the head and tries again with new offsets."""
         self._check()
+        deadline = time.monotonic() + self.timeout
         try:
             stream, subject = await self._stream(channel, policy)
             head = self._heads.get(channel)
             known = head is not None
-            for _attempt in range(20):
+            for attempt in range(CONFLICT_ATTEMPTS):
                 if not known:
+                    if attempt > 2:  # others keep winning: let them pass, at random
+                        await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** (attempt - 2))))
                     head = await self._head(stream, subject)
                     known = True
-                appended = await self._append(stream, subject, head, body)
+                appended = await self._append(stream, subject, head, bodies)
                 if appended is None:
                     self.stats["conflicts"] += 1
                     known = False
+                    if time.monotonic() > deadline:
+                        break
                     continue
                 head, message = appended
-                self._heads[channel] = head
-                self._heads.move_to_end(channel)
-                if len(self._heads) > HEADS:
-                    self._heads.popitem(last=False)
-                await self.nc.publish(self._chan(channel), b'p{"s":%d,' % head[0] + message[1:])
-                return Publication(channel, head[1], head[2], data, info, now)
+                self._remember(channel, head)
+                if len(bodies) == 1:
+                    await self.nc.publish(self._chan(channel), b'p{"s":%d,' % head[0] + message[1:])
+                else:
+                    self.stats["batches"] += 1
+                    self.stats["batched"] += len(bodies)
+                    await self.nc.publish(self._chan(channel), b'b{"s":%d,' % head[0] + message[1:])
+                return head[1] - len(bodies) + 1, head[2]
         except (APIError, *NETWORK_ERRORS) as exc:
             self._heads.pop(channel, None)
             raise _unavailable(exc) from None
         raise BrokerUnavailable(f"channel {channel}: too many concurrent publishers")
+
+    def _remember(self, channel: str, head: _Head, newer: bool = False) -> None:
+        """Where the channel's next append goes (``newer``: only if after what is known)."""
+        heads = self._heads
+        known = heads.get(channel)
+        if newer and known is not None and known[0] >= head[0]:
+            return
+        heads[channel] = head
+        heads.move_to_end(channel)
+        if len(heads) > HEADS:
+            heads.popitem(last=False)
 
     async def _position(self, channel: str, policy: HistoryPolicy) -> tuple[str, str, _Head]:
         """The channel's stream, subject and last message. An empty subject gets a marker
@@ -624,18 +749,24 @@ class NatsBroker(Broker):
             items = await self._walk(stream, subject, channel, 0, head[0]) if wanted else []
         except (APIError, *NETWORK_ERRORS) as exc:
             raise _unavailable(exc) from None
-        pubs = [p for p, _seq in items if p.epoch == head[2]]
-        pubs = pubs[-policy.size:] if policy.size else []
-        if policy.ttl:
-            horizon = time.time() - policy.ttl
-            pubs = [p for p in pubs if p.time >= horizon]
+        items = [(p, seq) for p, seq in items if p.epoch == head[2]]
+        horizon = time.time() - policy.ttl if policy.ttl else 0.0
         if since is None:
+            # What the policy says: the last ``size`` publications (the subject may
+            # keep more when its messages are batches).
+            pubs = [p for p, _seq in items[-policy.size:] if p.time >= horizon] if policy.size else []
             if limit is not None:
                 pubs = pubs[-limit:] if limit > 0 else []
             return HistoryResult(pubs, position, True)
         if since.epoch != head[2] or since.offset > head[1]:
             return HistoryResult([], position, False)
-        missed = [p for p in pubs if p.offset > since.offset]
+        # Recovery uses whatever the newest ``size`` messages hold: ``size``
+        # publications, or more when some of them are batches. (The subject keeps one
+        # more message, for the position; with one publication per message this is
+        # exactly the memory engine's answer.)
+        seqs = sorted({seq for _p, seq in items})[-policy.size:] if policy.size else []
+        oldest = seqs[0] if seqs else 0
+        missed = [p for p, seq in items if seq >= oldest and p.offset > since.offset and p.time >= horizon]
         complete = since.offset >= head[1] or (bool(missed) and missed[0].offset == since.offset + 1)
         if limit is not None and len(missed) > limit:
             missed = missed[:limit]
@@ -822,6 +953,15 @@ class NatsBroker(Broker):
     def shares_sessions(self) -> bool:  # type: ignore[override]
         return self.options["sessions"].lower() in TRUE
 
+    async def _session_ready(self) -> None:
+        """Raise BrokerUnavailable unless connected; a node that has not connected yet
+        (just started: with ``--workers`` the port takes requests before every worker's
+        broker is up) waits for its first connection, at most connect_timeout."""
+        if not self._connected_once.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._connected_once.wait(), float(self.options["connect_timeout"]))
+        self._check()
+
     async def _sessions_bucket(self) -> Any:
         if self.skv is None:
             bucket = f"{self.upper}_SESSIONS"
@@ -839,7 +979,7 @@ class NatsBroker(Broker):
 
     async def _session_claim(self, key: str) -> str:
         self._owned.add(key)  # kept (and re-created by _session_loop) if NATS is away now
-        self._check()
+        await self._session_ready()
         name = token(key)
         try:
             kv = await self._sessions_bucket()
@@ -864,7 +1004,7 @@ class NatsBroker(Broker):
         return self._session_owner(key)
 
     async def _session_owner(self, key: str) -> str | None:
-        self._check()
+        await self._session_ready()
         try:
             kv = await self._sessions_bucket()
             return (await kv.get(token(key))).value.decode()
@@ -908,7 +1048,7 @@ class NatsBroker(Broker):
         return self._relay(node, payload, timeout)
 
     async def _relay(self, node: str, payload: bytes, timeout: float) -> bytes:
-        self._check()
+        await self._session_ready()
         request_id = next(self._relay_ids)
         inbox = f"{self.prefix}.relayr.{self.node_id}.{request_id}"
         future = asyncio.get_running_loop().create_future()
