@@ -25,7 +25,7 @@ demo: $(STAMP) node_modules/.package-lock.json
 ## Run the whole test suite.
 test: $(STAMP) node_modules/.package-lock.json system-deps
 	$(BIN)/ruff check src tests benchmarks scripts
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -5,6 +5,7 @@ examples/sockway.toml, with real WebSocket and SockJS clients."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from example_support import (
@@ -43,11 +44,15 @@ def test_worker_answers_clients(gw, answer):
         with WsClient(gw.ws_url + "/echo/websocket") as echo:
             echo.send("x")
             assert echo.recv() == "x"
+        # Both close events reach the worker (they are not lost when the clients go).
+        deadline = time.monotonic() + 10
+        while worker.output().count("worker: close ") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         returncode = worker.stop()
         assert returncode == 0, worker.output()
         log = worker.output()
         assert f"serving /bot: events from {gw.push}" in log
-        assert log.count("worker: open ") == 2 and log.count("worker: close ") == 2
+        assert log.count("worker: open ") == 2 and log.count("worker: close ") == 2, log
 
 
 def test_worker_starts_after_the_clients(gw):
