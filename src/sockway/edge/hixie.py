@@ -1,8 +1,18 @@
-"""SockJS over a legacy hixie-76 WebSocket (see :mod:`sockway.ws.hixie76`)."""
+"""SockJS over a legacy hixie-76 WebSocket (see :mod:`sockway.ws.hixie76`).
+
+Held to the endpoint's limits like an RFC 6455 connection: an incoming frame (finished
+or not) longer than ``max_message_size`` closes the session with
+``c[1009,"Message too big"]``, since hixie-76 frames have no length and a client could
+otherwise grow the receive buffer without end; a client for which more than
+``max_buffer`` bytes wait when a new message comes is a slow consumer (``c[4008,...]``,
+aborted a second later). Memory per connection: at most ``max_message_size`` in and
+``max_buffer`` plus one message out, plus the kernel's socket buffers.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, ClassVar
 
 from sockway import closecodes
@@ -16,6 +26,8 @@ if TYPE_CHECKING:
     from sockway.hub.endpoint import Endpoint
 
 __all__ = ["Hixie76SockJS", "handshake_head"]
+
+log = logging.getLogger("sockway.edge")
 
 
 def handshake_head(origin: str, location: str, protocol: str | None) -> bytes:
@@ -32,7 +44,8 @@ def handshake_head(origin: str, location: str, protocol: str | None) -> bytes:
 
 
 class Hixie76SockJS(Connection, asyncio.Protocol):
-    __slots__ = ("_buffer", "_closed", "_key1", "_key2", "_open", "_pending", "_transport")
+    __slots__ = ("_buffer", "_closed", "_key1", "_key2", "_lost", "_open", "_pending", "_pending_bytes",
+                 "_transport")
     transport_name: ClassVar[str] = "sockjs-websocket-hixie76"
     encoding_key = SOCKJS
 
@@ -44,7 +57,9 @@ class Hixie76SockJS(Connection, asyncio.Protocol):
         self._key1, self._key2 = key1, key2
         self._open = False
         self._closed = False
+        self._lost = False
         self._pending: list[bytes] = []
+        self._pending_bytes = 0
 
     def start(self, tail: bytes) -> None:
         self._transport.set_protocol(self)
@@ -52,6 +67,7 @@ class Hixie76SockJS(Connection, asyncio.Protocol):
             self.data_received(tail)
 
     def data_received(self, data: bytes) -> None:
+        self.endpoint.bytes_in += len(data)
         self._buffer += data
         if not self._open:
             if len(self._buffer) < 8:
@@ -67,9 +83,13 @@ class Hixie76SockJS(Connection, asyncio.Protocol):
             self._open = True
             self.endpoint.opened(self)
         messages, closing = hixie76.decode_frames(self._buffer)
+        limit = self.endpoint.config.max_message_size
         for raw in messages:
             if not raw:
                 continue
+            if len(raw) > limit:
+                self._too_big()
+                return
             try:
                 decoded = decode_messages(raw, allow_string=True)
             except PayloadError:
@@ -79,23 +99,52 @@ class Hixie76SockJS(Connection, asyncio.Protocol):
                 self.endpoint.received(self, message)
         if closing:
             self._transport.close()
+        elif len(self._buffer) > limit + 1:  # an unfinished frame (0x00 + payload) past the limit
+            self._too_big()
+
+    def _too_big(self) -> None:
+        self._buffer.clear()
+        log.info("%r: incoming message over %d bytes, closing", self, self.endpoint.config.max_message_size)
+        self.close(closecodes.MESSAGE_TOO_BIG, "Message too big")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._lost = True
         if self._open:
             self.endpoint.closed(self, closecodes.ABNORMAL, "connection lost")
 
     def push(self, encoded: bytes) -> None:
         if self._closed:
             return
+        if self._pending_bytes + self._transport.get_write_buffer_size() > self.endpoint.config.max_buffer:
+            self._slow_consumer()
+            return
         if not self._pending:
             self.endpoint.hub.coalescer.mark(self)
         self._pending.append(encoded)
+        self._pending_bytes += len(encoded)
+
+    def _slow_consumer(self) -> None:
+        """Drop what is queued, send the close frame behind what the transport holds,
+        abort a second later (the client does not read it)."""
+        self._pending = []
+        self._pending_bytes = 0
+        self.endpoint.hub.stats.slow_consumers += 1
+        log.info("%r: outgoing buffer over %d bytes, closing", self, self.endpoint.config.max_buffer)
+        self.close(closecodes.SLOW_CONSUMER, "slow consumer: outgoing buffer full")
+        asyncio.get_running_loop().call_later(1.0, self._abort)
+
+    def _abort(self) -> None:
+        if not self._lost:
+            self._transport.abort()
 
     def flush(self, cache: dict) -> None:
         pending, self._pending = self._pending, []
+        self._pending_bytes = 0
         if pending and not self._closed:
-            self._transport.write(hixie76.encode_text(messages_frame(pending)))
+            frame = hixie76.encode_text(messages_frame(pending))
+            self.endpoint.bytes_out += len(frame)
+            self._transport.write(frame)
 
     def close(self, code: int = closecodes.GO_AWAY, reason: str = "Go away!") -> None:
         if self._closed:
