@@ -123,3 +123,35 @@ def config_gateway(toml: str, env: dict | None = None) -> Iterator[GatewayProces
             yield proc
     finally:
         os.unlink(f.name)
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    """Poll ``predicate`` every 50 ms until it is true or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def drain(sock: socket.socket, timeout: float) -> bytes:
+    """Everything the server still sends before it ends the connection (or stays
+    silent for ``timeout`` seconds); a reset ends it too."""
+    data = b""
+    sock.settimeout(timeout)
+    try:
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return data
+
+
+def endpoint_connections(proc: GatewayProcess, prefix: str, timeout: float = 5.0) -> int:
+    """Clients connected to an endpoint, from the gateway's health report."""
+    import json
+
+    with urllib.request.urlopen(proc.url + "/sockway/health", timeout=timeout) as r:
+        count = json.load(r)["endpoints"][prefix]
+    return count["connections"] if isinstance(count, dict) else count

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from realtime import KEY, Api, eventually, rss_kib, run
-from support import config_gateway
+from support import config_gateway, drain
 
 CLIENTS = 1000
 MESSAGES = 600
@@ -186,17 +186,6 @@ def _slow_client(gw, path: str, envelope: bool) -> socket.socket:
     return sock
 
 
-def _drain(sock: socket.socket, timeout: float) -> bytes:
-    data = b""
-    sock.settimeout(timeout)
-    try:
-        while chunk := sock.recv(1 << 20):
-            data += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return data
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["channels", "broadcast"])
 @run(timeout=150)
@@ -246,7 +235,7 @@ async def test_thousand_subscribers_and_a_slow_one(gw, mode):
         assert slow_closed_at - started < elapsed / 2
         await eventually(lambda: _connections(api, prefix, CLIENTS), timeout=5)
         # What the slow one can still read: what the kernels held for it, a fraction.
-        tail = _drain(slow, 3.0)
+        tail = drain(slow, 3.0)
         assert len(tail) < MESSAGES * SIZE / 2
         assert _last_close_code(tail) in (None, 4008)
         rss_after = rss_kib(gw.proc.pid)

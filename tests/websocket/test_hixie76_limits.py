@@ -10,13 +10,12 @@ import json
 import os
 import socket
 import struct
-import time
 import urllib.request
 
 from websockets.sync.client import connect
 from wsraw import rss_kib
 
-from support import config_gateway
+from support import config_gateway, drain, endpoint_connections, wait_for
 
 CONFIG = """
 [server]
@@ -71,30 +70,8 @@ def hixie_connect(port: int, path: str, rcvbuf: int | None = None) -> socket.soc
     return sock
 
 
-def read_to_end(sock: socket.socket, timeout: float) -> bytes:
-    data = b""
-    sock.settimeout(timeout)
-    try:
-        while chunk := sock.recv(1 << 20):
-            data += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return data
-
-
 def connections(gw) -> int:
-    with urllib.request.urlopen(gw.url + "/sockway/health", timeout=T) as r:
-        count = json.load(r)["endpoints"]["/bc"]
-    return count["connections"] if isinstance(count, dict) else count
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+    return endpoint_connections(gw, "/bc")
 
 
 def session_path() -> str:
@@ -117,7 +94,7 @@ def test_a_frame_that_never_ends_is_refused():
         sock = hixie_connect(gw.port, session_path())
         try:
             sock.sendall(b"\x00" + b"a" * 8192)
-            with_close = read_to_end(sock, T)
+            with_close = drain(sock, T)
             assert b'\x00c[1009,"Message too big"]\xff' in with_close, with_close
             assert with_close.endswith(b"\xff\x00")  # the hixie-76 closing frame
             try:
@@ -136,7 +113,7 @@ def test_a_complete_frame_over_the_limit_is_refused():
         sock = hixie_connect(gw.port, session_path())
         try:
             sock.sendall(b"\x00" + json.dumps(["y" * 5000]).encode() + b"\xff")
-            assert b'c[1009,"Message too big"]' in read_to_end(sock, T)
+            assert b'c[1009,"Message too big"]' in drain(sock, T)
         finally:
             sock.close()
         # Nothing of it reached the other client.
@@ -161,7 +138,7 @@ def test_a_hixie_client_that_stops_reading_is_a_slow_consumer():
                     got = fast.recv(timeout=T)
                     assert got.startswith(f"{i:08d}"), (i, got[:20])
             assert wait_for(lambda: connections(gw) == 1, T), "the slow hixie-76 client is still connected"
-        tail = read_to_end(slow, 3.0)
+        tail = drain(slow, 3.0)
         slow.close()
         assert len(tail) < count * 4000 / 3, len(tail)
         assert f'"{count - 1:08d}'.encode() not in tail

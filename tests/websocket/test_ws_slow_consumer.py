@@ -6,19 +6,16 @@ client that floods pings without reading the pongs."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import socket
 import threading
 import time
-import urllib.request
 
 import pytest
 from websockets.sync.client import connect
 from wsraw import RawWS, rss_kib
 
 import websocket as wsclient
-from support import config_gateway
+from support import config_gateway, drain, endpoint_connections, wait_for
 
 CONFIG = """
 [server]
@@ -47,36 +44,12 @@ def gw():
 
 
 def clients(gw, prefix: str) -> int:
-    """Clients connected to an endpoint, from the health report."""
-    with urllib.request.urlopen(gw.url + "/sockway/health", timeout=T) as r:
-        count = json.load(r)["endpoints"][prefix]
-    return count["connections"] if isinstance(count, dict) else count
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+    return endpoint_connections(gw, prefix)
 
 
 def message(i: int) -> bytes:
     head = f"{i:08d}".encode()
     return head + os.urandom(SIZE - len(head))  # incompressible
-
-
-def drain(sock: socket.socket, timeout: float) -> bytes:
-    """Everything the server still sends before ending the connection."""
-    data = b""
-    sock.settimeout(timeout)
-    try:
-        while chunk := sock.recv(1 << 20):
-            data += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return data
 
 
 def last_close_code(data: bytes) -> int | None:
