@@ -25,7 +25,7 @@ from typing import Any
 import jwt
 from websockets.sync.client import connect
 
-from support import ROOT, GatewayProcess, config_gateway, free_port
+from support import ROOT, GatewayProcess, config_gateway, free_port, require_program
 
 SOCKWAY = [sys.executable, "-m", "sockway"]
 T = 10.0  # seconds: the default bound of every wait
@@ -271,6 +271,13 @@ publish = "open"
 history_size = 50
 history_ttl = 3600
 
+[[namespace]]
+name = "room"
+subscribe = "open"
+publish = "open"
+presence = true
+join_leave = true
+
 [[endpoint]]
 prefix = "/echo"
 mode = "echo"
@@ -315,6 +322,38 @@ def cli_gateway(push: bool = False) -> Iterator[CliGateway]:
         for address in (sub, pull, *([events] if push else [])):
             wait_tcp(int(address.rsplit(":", 1)[1]))
         yield CliGateway(proc, sub, pull, events if push else None)
+
+
+@contextlib.contextmanager
+def broker_gateway(engine: str, store: Path, query: str = "") -> Iterator[tuple[CliGateway, str]]:
+    """A gateway on the Redis or NATS broker (a redis-server or nats-server -js of its own
+    on a free port; NATS keeps its store in ``store``) and the broker URL, with a prefix
+    of its own and ``query`` added (``&events=on``)."""
+    port = free_port()
+    prefix = f"cli{os.urandom(3).hex()}"
+    if engine == "redis":
+        server = require_program("redis-server", "apt-get install redis-server")
+        args = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        url = f"redis://127.0.0.1:{port}/0?prefix={prefix}{query}"
+    else:
+        server = require_program("nats-server", "apt-get install nats-server")
+        args = [server, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)]
+        url = f"nats://127.0.0.1:{port}?prefix={prefix}{query}"
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_tcp(port)
+        sub, pull = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
+        toml = GATEWAY_TOML.format(origin="http://x", key=API_KEY, secret=JWT_SECRET, sub=sub, pull=pull,
+                                   push_line="") + f'\n[broker]\nurl = "{url}"\n'
+        with config_gateway(toml) as proc_gw:
+            yield CliGateway(proc_gw, sub, pull), url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def wait_tcp(port: int, timeout: float = T) -> None:

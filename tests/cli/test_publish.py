@@ -6,14 +6,13 @@ through Redis (a cluster's broker), and usage errors (status 2)."""
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
 from collections.abc import Iterator
 
 import pytest
-from cli_support import API_KEY, GATEWAY_TOML, JWT_SECRET, ChannelClient, CliGateway, T, WsClient, cli, wait_tcp
+from cli_support import API_KEY, ChannelClient, CliGateway, T, WsClient, broker_gateway, cli
 
-from support import config_gateway, free_port, require_program
+from support import free_port
 
 
 def channel_name() -> str:
@@ -158,27 +157,10 @@ def test_usage_errors(args: list[str], message: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def redis_gw() -> Iterator[tuple[CliGateway, str]]:
+def redis_gw(tmp_path_factory) -> Iterator[tuple[CliGateway, str]]:
     """A gateway on the Redis broker (a redis-server of its own) and the broker URL."""
-    server = require_program("redis-server", "apt-get install redis-server")
-    port = free_port()
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_tcp(port)
-        url = f"redis://127.0.0.1:{port}/0?prefix=cli{uuid.uuid4().hex[:6]}"
-        sub, pull = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
-        toml = GATEWAY_TOML.format(origin="http://x", key=API_KEY, secret=JWT_SECRET, sub=sub, pull=pull,
-                                   push_line="") + f'\n[broker]\nurl = "{url}"\n'
-        with config_gateway(toml) as proc_gw:
-            yield CliGateway(proc_gw, sub, pull), url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    with broker_gateway("redis", tmp_path_factory.mktemp("redis")) as found:
+        yield found
 
 
 def test_redis(redis_gw: tuple[CliGateway, str]) -> None:
@@ -209,26 +191,8 @@ def test_redis_unreachable() -> None:
 @pytest.fixture(scope="module")
 def nats_gw(tmp_path_factory) -> Iterator[tuple[CliGateway, str]]:
     """A gateway on the NATS broker (a nats-server of its own, with JetStream)."""
-    server = require_program("nats-server", "apt-get install nats-server")
-    port = free_port()
-    store = tmp_path_factory.mktemp("nats")
-    proc = subprocess.Popen([server, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_tcp(port)
-        url = f"nats://127.0.0.1:{port}?prefix=cli{uuid.uuid4().hex[:6]}"
-        sub, pull = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
-        toml = GATEWAY_TOML.format(origin="http://x", key=API_KEY, secret=JWT_SECRET, sub=sub, pull=pull,
-                                   push_line="") + f'\n[broker]\nurl = "{url}"\n'
-        with config_gateway(toml) as proc_gw:
-            yield CliGateway(proc_gw, sub, pull), url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    with broker_gateway("nats", tmp_path_factory.mktemp("nats")) as found:
+        yield found
 
 
 def test_nats(nats_gw: tuple[CliGateway, str]) -> None:

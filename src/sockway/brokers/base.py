@@ -13,6 +13,7 @@ when they need the value, and check ``isinstance(result, ...)`` on hot paths.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import time
@@ -31,6 +32,7 @@ __all__ = [
     "StreamPosition",
     "new_epoch",
     "resolve",
+    "wait_subscribed",
 ]
 
 T = TypeVar("T")
@@ -199,6 +201,12 @@ class Broker(ABC):
     def interest(self, channel: str, on: bool) -> MaybeAwaitable[None]:
         """This node starts (``on``) or stops needing the channel's publications."""
 
+    async def subscribed(self, channel: str, timeout: float = 5.0) -> bool:
+        """After :meth:`interest`: wait until the channel's live publications reach this
+        node (the backend confirmed the subscription); False if it did not within
+        ``timeout`` seconds. Engines without a backend are there at once."""
+        return True
+
     @abstractmethod
     def history(self, channel: str, policy: HistoryPolicy, since: StreamPosition | None = None,
                 limit: int | None = None) -> MaybeAwaitable[HistoryResult]:
@@ -220,3 +228,13 @@ class Broker(ABC):
     @abstractmethod
     def presence(self, channel: str) -> MaybeAwaitable[dict[str, dict]]:
         """Connection id -> info of everyone present in the channel."""
+
+
+async def wait_subscribed(pending: dict[str, Any], interest: set[str], channel: str, timeout: float) -> bool:
+    """:meth:`Broker.subscribed` for engines that keep, per channel, the futures of
+    subscriptions the backend has not confirmed yet (``pending``)."""
+    futures = list(pending.get(channel, ()))
+    if not futures:
+        return channel in interest
+    done, _ = await asyncio.wait(futures, timeout=timeout)
+    return len(done) == len(futures) and all(not f.cancelled() and f.exception() is None for f in done)

@@ -103,6 +103,7 @@ from sockway.brokers.base import (
     Publication,
     StreamPosition,
     new_epoch,
+    wait_subscribed,
 )
 from sockway.brokers.wire import (
     batch_message,
@@ -352,6 +353,9 @@ class NatsBroker(Broker):
             self._catching.pop(channel, None)
             self._known.pop(channel, None)
             self._queue_sub("unsubscribe", channel)
+
+    def subscribed(self, channel: str, timeout: float = 5.0) -> Awaitable[bool]:
+        return wait_subscribed(self._pending, self._interest, channel, timeout)
 
     def _queue_sub(self, verb: str, channel: str) -> None:
         future = None

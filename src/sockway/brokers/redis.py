@@ -98,6 +98,7 @@ from sockway.brokers.base import (
     Publication,
     StreamPosition,
     new_epoch,
+    wait_subscribed,
 )
 from sockway.brokers.wire import decode_json, decode_publication, publication_body
 from sockway.jsonutil import dumps
@@ -497,6 +498,9 @@ class RedisBroker(Broker):
                     await ps.aclose()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def subscribed(self, channel: str, timeout: float = 5.0) -> Awaitable[bool]:
+        return wait_subscribed(self._pending, self._interest, channel, timeout)
 
     def _queue_sub(self, verb: str, channel: str) -> asyncio.Future | None:
         if self._ps is None:

@@ -5,13 +5,19 @@
     sockway tail channel news --url ws://127.0.0.1:8080/live/websocket
     sockway tail channel news --url http://127.0.0.1:8080/live --transport xhr-streaming
     sockway tail channel news --url ... --since 41:9f2c01ab    # what was missed first
+    sockway tail events --redis redis://127.0.0.1:6379/0       # a cluster's event stream
+    sockway tail channel news --nats nats://127.0.0.1:4222     # a channel, from the broker
 
 Output: one JSON object per line. Stops after ``--count`` items or ``--timeout`` seconds
 of silence. ``--url`` watches the gateway's admin stream: it sees every event and takes
 none from the application. A PULL socket (``--zmq``) shares events with the
 application's workers (each event goes to one of them), so tail events from a ZeroMQ
-PUSH only when no worker runs.
-Exit status: 0, 1 if the gateway cannot be reached or refuses, 2 for a usage error.
+PUSH only when no worker runs. ``--redis`` and ``--nats`` take the cluster's ``[broker]
+url`` (its ``?prefix=`` included) and watch without taking anything: events as the
+nodes add them to the Redis stream (XREAD, no consumer group) or publish them on the
+NATS subject, and a channel's publications, joins and leaves from every node.
+Exit status: 0, 1 if the gateway or broker cannot be reached or refuses, 2 for a usage
+error.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--type", help="events --url: only these types, comma-separated (open,message,close)")
     p.add_argument("--url", help="events: the gateway (http://host:port); channel: a channels-mode endpoint "
                    "(ws://.../websocket or http://... SockJS)")
+    p.add_argument("--redis", metavar="URL", help="the Redis broker URL of a cluster ([broker] url)")
+    p.add_argument("--nats", metavar="URL", help="the NATS broker URL of a cluster ([broker] url)")
     p.add_argument("--transport", default="websocket", choices=TRANSPORTS,
                    help="channel: SockJS transport for http URLs (default websocket)")
     p.add_argument("--token", help="JWT for the channels endpoint")
@@ -120,8 +128,8 @@ def _tail_events(args: argparse.Namespace) -> int:
     if args.url:
         return asyncio.run(_tail_admin_events(args))
     if not args.zmq:
-        print("sockway tail events: give --url (the gateway, with --key) or --zmq ADDRESS "
-              "(the gateway's [zeromq] push)", file=sys.stderr)
+        print("sockway tail events: give --url (the gateway, with --key), --zmq ADDRESS "
+              "(the gateway's [zeromq] push), or --redis/--nats URL (the cluster's broker)", file=sys.stderr)
         return 2
     import zmq
 
@@ -146,7 +154,8 @@ async def _tail_channel(args: argparse.Namespace) -> int:
     from sockway.client import Closed, connect
 
     if not args.name or not args.url:
-        print("sockway tail channel: give NAME and --url of a channels-mode endpoint", file=sys.stderr)
+        print("sockway tail channel: give NAME and --url of a channels-mode endpoint "
+              "(or --redis/--nats URL of the cluster's broker)", file=sys.stderr)
         return 2
     subscribe: dict = {"op": "subscribe", "channel": args.name, "id": 1}
     if args.since:
@@ -205,8 +214,178 @@ async def _tail_channel(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- through the cluster's broker ---------------------------------------------------------
+
+
+def _broker(args: argparse.Namespace) -> tuple[str, str, str] | str:
+    """(engine, URL without engine options, prefix) of ``--redis``/``--nats``, or what is
+    wrong with them."""
+    from urllib.parse import parse_qs, urlsplit
+
+    given = [name for name in ("url", "zmq", "redis", "nats") if getattr(args, name)]
+    if len(given) > 1:
+        return "give one of --url, --zmq, --redis, --nats"
+    engine, url = ("nats", args.nats) if args.nats else ("redis", args.redis)
+    schemes = ("nats", "tls") if engine == "nats" else ("redis", "rediss", "unix")
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        return f"--{engine} takes a {schemes[0]}:// URL, got {url!r}"
+    return engine, url, parse_qs(parts.query).get("prefix", ["sockway"])[0] or "sockway"
+
+
+async def _wait_items(queue: asyncio.Queue, args: argparse.Namespace) -> None:
+    count = 0
+    while args.count is None or count < args.count:
+        try:
+            item = await asyncio.wait_for(queue.get(), args.timeout)
+        except TimeoutError:
+            return
+        _out(item)
+        count += 1
+
+
+async def _tail_broker_channel(args: argparse.Namespace, engine: str, url: str) -> int:
+    """A passive node of the cluster (no commands, no sessions, no events) that only
+    listens to the channel: what every node delivers, gaps filled as on a node."""
+    import base64
+
+    from sockway.brokers import create_broker
+
+    if args.since:
+        print("sockway tail channel: --since needs --url (recovery is asked of a gateway, which knows the "
+              "channel's history size)", file=sys.stderr)
+        return 2
+    broker = create_broker(url + ("&" if "?" in url else "?") + "commands=off&sessions=off&events=off")
+    queue: asyncio.Queue = asyncio.Queue()
+
+    def on_publication(pub) -> None:
+        if pub.channel != args.name:
+            return
+        item = {"type": "message", "channel": pub.channel, "offset": pub.offset, "epoch": pub.epoch}
+        if isinstance(pub.data, (bytes, bytearray)):
+            item["binary"] = base64.b64encode(pub.data).decode()
+        else:
+            item["data"] = pub.data
+        if pub.info:
+            item["info"] = pub.info
+        queue.put_nowait(item)
+
+    def on_presence(channel: str, conn: str, info: dict | None) -> None:
+        if channel == args.name:
+            item = {"type": "join" if info is not None else "leave", "channel": channel, "conn": conn}
+            if info is not None:
+                item["info"] = info
+            queue.put_nowait(item)
+
+    broker.on_publication = on_publication
+    broker.on_presence = on_presence
+    await broker.start()
+    try:
+        if not broker.ready:
+            print(f"sockway tail: cannot reach {engine} at {url}", file=sys.stderr)
+            return 1
+        from sockway.brokers.base import resolve
+
+        await resolve(broker.interest(args.name, True))
+        if not await broker.subscribed(args.name):
+            print(f"sockway tail: {engine} did not confirm the subscription", file=sys.stderr)
+            return 1
+        print(f"sockway tail: watching channel {args.name} through {engine}", file=sys.stderr, flush=True)
+        await _wait_items(queue, args)
+    finally:
+        await broker.stop()
+    return 0
+
+
+async def _tail_broker_events(args: argparse.Namespace, engine: str, url: str, prefix: str) -> int:
+    """Events as the nodes write them: Redis XREAD from the newest entry on (no consumer
+    group: the workers' group keeps every event), NATS a core subscription to the
+    subject the event stream captures (the workers' durable consumer is untouched)."""
+    from sockway.jsonutil import loads
+
+    queue: asyncio.Queue = asyncio.Queue()
+    if engine == "nats":
+        import nats
+
+        from sockway.app_nats import _quiet
+        from sockway.brokers.nats import NETWORK_ERRORS
+
+        try:
+            nc = await asyncio.wait_for(nats.connect(url.split("?")[0], connect_timeout=2, error_cb=_quiet,
+                                                     max_reconnect_attempts=2), 10)
+        except (*NETWORK_ERRORS, nats.errors.NoServersError) as exc:
+            print(f"sockway tail: cannot reach NATS at {url}: {exc or type(exc).__name__}", file=sys.stderr)
+            return 1
+
+        async def on_message(msg) -> None:
+            queue.put_nowait(loads(msg.data))
+
+        try:
+            await nc.subscribe(f"{prefix}.events", cb=on_message)
+            await nc.flush()
+            print(f"sockway tail: watching events on NATS subject {prefix}.events", file=sys.stderr, flush=True)
+            await _wait_items(queue, args)
+        finally:
+            await nc.close()
+        return 0
+
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+
+    from sockway.brokers.redis import TRUE, parse_options
+
+    bare, options = parse_options(url)
+    events = options["events"]
+    key = events if events and events.lower() not in (*TRUE, "0", "off", "false", "no") else f"{prefix}:events"
+    client = aioredis.from_url(bare, socket_connect_timeout=2)
+
+    async def read() -> None:
+        last = "$"
+        while True:
+            answer = await client.xread({key: last}, block=1000, count=500)
+            for _key, entries in answer or ():
+                for entry_id, fields in entries:
+                    last = entry_id
+                    queue.put_nowait(loads(fields[b"e"]))
+
+    try:
+        try:
+            await client.ping()
+        except (RedisError, OSError) as exc:
+            print(f"sockway tail: cannot reach Redis at {url}: {exc}", file=sys.stderr)
+            return 1
+        print(f"sockway tail: watching events in the Redis stream {key}", file=sys.stderr, flush=True)
+        reader = asyncio.get_running_loop().create_task(read())
+        waiter = asyncio.get_running_loop().create_task(_wait_items(queue, args))
+        await asyncio.wait([reader, waiter], return_when=asyncio.FIRST_COMPLETED)
+        for task in (reader, waiter):
+            task.cancel()
+        if reader.done() and not reader.cancelled() and reader.exception() is not None:
+            print(f"sockway tail: Redis: {reader.exception()}", file=sys.stderr)
+            return 1
+    finally:
+        await client.aclose()
+    return 0
+
+
+def _tail_broker(args: argparse.Namespace) -> int:
+    found = _broker(args)
+    if isinstance(found, str):
+        print(f"sockway tail: {found}", file=sys.stderr)
+        return 2
+    engine, url, prefix = found
+    if args.what == "channel":
+        if not args.name:
+            print("sockway tail channel: give the channel NAME", file=sys.stderr)
+            return 2
+        return asyncio.run(_tail_broker_channel(args, engine, url))
+    return asyncio.run(_tail_broker_events(args, engine, url, prefix))
+
+
 def run(args: argparse.Namespace) -> int:
     try:
+        if args.redis or args.nats:
+            return _tail_broker(args)
         if args.what == "events":
             return _tail_events(args)
         return asyncio.run(_tail_channel(args))
