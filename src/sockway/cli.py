@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from sockway import __version__
 from sockway.config import ConfigError, load_config
 
 __all__ = ["main"]
+
+WORKER_INDEX = "SOCKWAY_WORKER_INDEX"
+"""Set by ``serve --workers`` for each worker: its index (0 to N-1), for ``worker_ports``."""
 
 EPILOG = """\
 examples:
@@ -76,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="run N processes sharing the port (SO_REUSEPORT) and their channels "
                             "through the configured broker (needs [broker] url = redis:// or nats://)")
+    serve.add_argument("--worker-ports", type=int, metavar="BASE",
+                       help="with --workers N: worker i also listens on BASE+i alone, for its "
+                            "own /metrics, health, dashboard and trace")
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     _server_flags(serve)
 
@@ -138,6 +145,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "sockjs_url": args.sockjs_url,
         "log_level": args.log_level,
         "log_format": args.log_format,
+        "worker_ports": args.worker_ports,
     }
     config = load_config(args.config, overrides=overrides, extra_endpoints=args.endpoint)
     if not config.endpoints:
@@ -160,7 +168,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.workers != 1:
         _check_workers(config, args.workers)
         return _run_workers(args.workers, args.raw_argv)
-    run(config, reuse_port=args.reuse_port)
+    own_port = None
+    index = os.environ.get(WORKER_INDEX)
+    if args.reuse_port and index is not None and config.worker_ports:
+        own_port = config.worker_ports + int(index)
+    run(config, reuse_port=args.reuse_port, own_port=own_port)
     return 0
 
 
@@ -178,6 +190,12 @@ def _check_workers(config, workers: int) -> None:
     if config.zeromq.sub or config.zeromq.pull or config.zeromq.push:
         raise ConfigError("--workers: [zeromq] sockets are bound by one process only; use the "
                           "broker's command input and event stream instead (docs/brokers.md)")
+    base = config.worker_ports
+    if base and not (base > 0 and base + workers - 1 <= 65535):
+        raise ConfigError(f"worker_ports {base}: ports {base} to {base + workers - 1} are not all valid")
+    if base and base <= config.port < base + workers:
+        raise ConfigError(f"worker_ports {base}: ports {base} to {base + workers - 1} include the "
+                          f"shared port {config.port}")
 
 
 def _run_workers(workers: int, raw_argv: list[str]) -> int:
@@ -214,10 +232,11 @@ def _run_workers(workers: int, raw_argv: list[str]) -> int:
         except Exception:
             pass
 
-    def spawn() -> subprocess.Popen:
-        return subprocess.Popen(command, preexec_fn=die_with_parent)  # the parent runs no threads
+    def spawn(index: int) -> subprocess.Popen:
+        env = {**os.environ, WORKER_INDEX: str(index)}  # which of worker_ports is its own
+        return subprocess.Popen(command, preexec_fn=die_with_parent, env=env)  # the parent runs no threads
 
-    procs = [spawn() for _ in range(workers)]
+    procs = [spawn(i) for i in range(workers)]
     started = [time.monotonic()] * workers
     failed = False
     signal.signal(signal.SIGTERM, stop)
@@ -235,7 +254,7 @@ def _run_workers(workers: int, raw_argv: list[str]) -> int:
                 stop(signal.SIGTERM, None)
                 break
             log.warning("worker %d exited with %s; restarting it", proc.pid, proc.returncode)
-            procs[i] = spawn()
+            procs[i] = spawn(i)
             started[i] = time.monotonic()
         time.sleep(0.2)
 

@@ -273,6 +273,11 @@ class ServerConfig:
     """text | json (one JSON object per line, for log collectors)."""
     sweep_interval: float = 1.0
     """Seconds between checks of timeouts, heartbeats and keepalives."""
+    worker_ports: int = 0
+    """With ``sockway serve --workers N``: worker i (0 to N-1) also listens on
+    ``worker_ports + i`` (on ``host``), alone, so that each worker's /metrics, health,
+    dashboard and trace can be reached (the shared port answers from whichever worker
+    the kernel picks). 0: off."""
     log_level: str = "info"
     """debug | info | warning | error."""
     access_log: bool = False

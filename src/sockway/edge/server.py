@@ -151,7 +151,9 @@ class Gateway:
         context.load_cert_chain(self.config.cert, self.config.key)
         return context
 
-    async def start(self, sock=None, reuse_port: bool = False) -> None:
+    async def start(self, sock=None, reuse_port: bool = False, own_port: int | None = None) -> None:
+        """Listen and start. ``own_port``: a worker of ``--workers`` also listens there,
+        alone (``worker_ports``), for requests meant for this worker."""
         self.runner = web.AppRunner(
             self.app,
             access_log=log if self.config.access_log else None,
@@ -174,6 +176,9 @@ class Gateway:
                                                    ssl=ssl_context, backlog=4096,
                                                    reuse_port=reuse_port or None)
         self.servers.append(server)
+        if own_port is not None:
+            self.servers.append(await self.loop.create_server(protocol, self.config.host, own_port,
+                                                              ssl=ssl_context, backlog=4096))
         await self.hub.start(self.config.sweep_interval)
         for bridge in self.bridges:
             await bridge.start()
@@ -257,14 +262,16 @@ def _use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def serve(config: ServerConfig, ready=None, reuse_port: bool = False) -> None:
+async def serve(config: ServerConfig, ready=None, reuse_port: bool = False, own_port: int | None = None) -> None:
     gateway = Gateway(config)
     _install_signal_handlers(asyncio.get_running_loop(), gateway)
-    await gateway.start(reuse_port=reuse_port)
+    await gateway.start(reuse_port=reuse_port, own_port=own_port)
     scheme = "https" if config.cert else "http"
     endpoints = ", ".join(f"{e.prefix} ({e.mode})" for e in config.endpoints) or "none"
     log.info("sockway listening on %s://%s:%d — endpoints: %s", scheme, config.host,
              gateway.port, endpoints)
+    if own_port is not None:
+        log.info("this worker alone: %s://%s:%d", scheme, config.host, own_port)
     if ready is not None:
         ready(gateway)
     await gateway.wait_stopped()
@@ -273,8 +280,9 @@ async def serve(config: ServerConfig, ready=None, reuse_port: bool = False) -> N
     log.info("stopped")
 
 
-def run(config: ServerConfig, reuse_port: bool = False) -> None:
+def run(config: ServerConfig, reuse_port: bool = False, own_port: int | None = None) -> None:
     """Serve until SIGTERM/SIGINT. ``reuse_port``: listen with SO_REUSEPORT, so that
-    several worker processes share the port (``sockway serve --workers N``)."""
+    several worker processes share the port (``sockway serve --workers N``);
+    ``own_port``: this worker's own port besides (``worker_ports``)."""
     _use_uvloop()
-    asyncio.run(serve(config, reuse_port=reuse_port))
+    asyncio.run(serve(config, reuse_port=reuse_port, own_port=own_port))
