@@ -208,7 +208,16 @@ class WebhookConfig:
     batch_size: int = 100
     """Events per request at most."""
     max_retries: int = 8
-    """Attempts after the first, with exponential backoff (0.2 s doubling, capped at 10 s)."""
+    """Attempts after the first, with exponential backoff (0.2 s doubling, capped at 10 s);
+    then the batch is dropped. -1: retry until the application takes it (nothing is
+    dropped; events wait in the bounded queue)."""
+
+    def __post_init__(self) -> None:
+        if self.max_retries < -1:
+            raise ConfigError(f"[webhook] max_retries must be -1 (retry until delivered) or more "
+                              f"(got {self.max_retries})")
+        if self.batch_size < 1:
+            raise ConfigError(f"[webhook] batch_size must be at least 1 (got {self.batch_size})")
 
 
 @dataclass

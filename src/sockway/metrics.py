@@ -75,11 +75,14 @@ class _HubCollector:
         queued = GaugeMetricFamily("sockway_event_queue_length", "Events waiting per output.", labels=["output"])
         dropped = CounterMetricFamily("sockway_events_dropped", "Events dropped, queue full.", labels=["output"])
         sent = CounterMetricFamily("sockway_events_sent", "Events handed to the output.", labels=["output"])
+        failed = CounterMetricFamily("sockway_events_failed", "Events the output gave up on (webhook batches "
+                                     "past max_retries or refused with a 4xx).", labels=["output"])
         for queue in events.queues:
             queued.add_metric([queue.name], len(queue))
             dropped.add_metric([queue.name], queue.dropped)
             sent.add_metric([queue.name], queue.sent)
-        yield from (queued, dropped, sent)
+            failed.add_metric([queue.name], queue.failed)
+        yield from (queued, dropped, sent, failed)
 
         commands = CounterMetricFamily("sockway_commands", "Application commands.", labels=["result"])
         commands.add_metric(["ok"], hub.commands.executed)

@@ -216,6 +216,52 @@ async def test_retries_after_500(gw):
             assert stats["events"]["outputs"]["webhook"]["queued"] == 0
 
 
+async def _failing_three_times(gw) -> tuple[App, list[dict]]:
+    """Each batch fails 3 times (500) before it is taken; returns the app and what it took."""
+    async def flaky(record: dict, events: list[dict]):
+        attempts = sum(r["body"] == record["body"] for r in app.requests)
+        return (500, None) if attempts <= 3 else (200, None)
+
+    async with app_server(gw.app_port) as app:
+        app.behaviour = flaky
+        ws = await RawWS.connect(gw.ws_url + "/app/websocket")
+        await ws.send_text("one")
+        await ws.close()
+        await asyncio.sleep(3.0)  # 0.2 + 0.4 + 0.8 s of backoff, and time to spare
+        return app, app.delivered()
+
+
+@pytest.mark.parametrize("gw", [{"max_retries": 1}], indirect=True)
+@run(timeout=60)
+async def test_a_batch_is_dropped_after_max_retries(gw):
+    app, delivered = await _failing_three_times(gw)
+    assert delivered == []
+    assert len({r["body"] for r in app.requests}) >= 1 and len(app.requests) >= 2
+    async with aiohttp.ClientSession() as http:
+        stats = await Api(http, gw).stats()
+    assert stats["events"]["outputs"]["webhook"]["failed"] == 3, stats["events"]  # open, message, close
+
+
+@pytest.mark.parametrize("gw", [{"max_retries": -1}], indirect=True)
+@run(timeout=60)
+async def test_max_retries_minus_one_retries_until_delivered(gw):
+    app, delivered = await _failing_three_times(gw)
+    assert messages_of(delivered) == ["one"]
+    assert [e["type"] for e in delivered] == ["open", "message", "close"]
+    taken = [r for r in app.requests if r.get("status") == 200]
+    assert all(sum(r["body"] == t["body"] for r in app.requests) == 4 for t in taken)  # 3 failures, then taken
+    async with aiohttp.ClientSession() as http:
+        stats = await Api(http, gw).stats()
+    assert stats["events"]["outputs"]["webhook"]["failed"] == 0, stats["events"]
+
+
+def test_bad_retry_setting_is_refused():
+    from sockway.config import ConfigError, WebhookConfig
+
+    with pytest.raises(ConfigError, match="max_retries must be -1"):
+        WebhookConfig(url="http://x", max_retries=-2)
+
+
 @run(timeout=60)
 async def test_application_down_then_up(gw):
     ws = await RawWS.connect(gw.ws_url + "/app/websocket")

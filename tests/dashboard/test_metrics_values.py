@@ -146,6 +146,7 @@ FAMILIES = {
     "sockway_events_emitted": "counter",
     "sockway_event_queue_length": "gauge",
     "sockway_events_dropped": "counter",
+    "sockway_events_failed": "counter",
     "sockway_events_sent": "counter",
     "sockway_commands": "counter",
     "sockway_broker_up": "gauge",
@@ -291,6 +292,7 @@ def test_events_and_their_queue(mgw, webhook):
     assert value(after, "sockway_event_queue_length", output="webhook") == 0
     assert value(after, "sockway_events_emitted_total") - value(before, "sockway_events_emitted_total") == 7
     assert value(after, "sockway_events_dropped_total", output="webhook") == 0
+    assert value(after, "sockway_events_failed_total", output="webhook") == 0
     assert [e["type"] for e in webhook.events[-7:]] == ["open", *["message"] * 5, "close"]
 
 

@@ -68,7 +68,11 @@ class EventQueue:
         self.limit = limit
         self.items: collections.deque[tuple[dict, bytes]] = collections.deque()
         self.dropped = 0
+        """Events not queued because the queue was full."""
         self.sent = 0
+        self.failed = 0
+        """Events the output gave up on after taking them (a webhook batch past its
+        retries, or refused with a 4xx)."""
         self._waiter: asyncio.Future | None = None
 
     def put(self, event: dict, data: bytes) -> None:
@@ -163,6 +167,6 @@ class EventBus:
     def stats(self) -> dict:
         return {
             "emitted": self.emitted,
-            "outputs": {q.name: {"queued": len(q), "sent": q.sent, "dropped": q.dropped}
+            "outputs": {q.name: {"queued": len(q), "sent": q.sent, "dropped": q.dropped, "failed": q.failed}
                         for q in self.queues},
         }

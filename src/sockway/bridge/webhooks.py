@@ -10,7 +10,10 @@ so that a plain blocking web application (PHP's built-in server, Flask) is a com
 backend with no queue at all. One batch is in flight at a time, so events keep their
 order. A failure (network error, timeout, 5xx, 429) is retried with exponential backoff
 (0.2 s doubling, at most 10 s between attempts) up to ``max_retries`` times; then the
-batch is dropped and counted. Other 4xx answers are not retried.
+batch is dropped and counted. With ``max_retries = -1`` it is retried until the
+application takes it: nothing is dropped, and events wait meanwhile in the bounded
+queue (``event_queue_size``; past it new events are dropped and counted). Other 4xx
+answers are not retried.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ class WebhookSender:
                 self.delivered += len(batch)
             else:
                 self.failed_batches += 1
+                self.queue.failed += len(batch)
                 log.error("webhook %s: dropped a batch of %d event(s) after %d attempt(s): %s",
                           self.config.url, len(batch), self.last_attempts, self.last_error)
 
@@ -89,7 +93,10 @@ class WebhookSender:
         if self.config.secret:
             headers["X-Sockway-Signature"] = sign(self.config.secret, body)
         delay = 0.2
-        for attempt in range(self.config.max_retries + 1):
+        retries = self.config.max_retries
+        attempt = -1
+        while retries < 0 or attempt < retries:
+            attempt += 1
             self.last_attempts = attempt + 1
             if attempt:
                 self.retries += 1
