@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -155,3 +157,46 @@ def endpoint_connections(proc: GatewayProcess, prefix: str, timeout: float = 5.0
     with urllib.request.urlopen(proc.url + "/sockway/health", timeout=timeout) as r:
         count = json.load(r)["endpoints"][prefix]
     return count["connections"] if isinstance(count, dict) else count
+
+
+# -- a legacy hixie-76 WebSocket (SockJS still speaks it) ----------------------------------
+
+HIXIE_KEY1 = "4 @1  46546xW%0l 1 5"
+HIXIE_KEY2 = "12998 5 Y3 1  .P00"
+HIXIE_KEY3 = b"aaaaaaaa"
+
+
+def hixie_answer(key1: str, key2: str, key3: bytes) -> bytes:
+    """The 16-byte challenge answer (draft-hixie-thewebsocketprotocol-76 section 5.2),
+    computed here independently of the server's code."""
+    def number(key: str) -> int:
+        return int("".join(c for c in key if c.isdigit())) // key.count(" ")
+    return hashlib.md5(struct.pack(">II", number(key1), number(key2)) + key3).digest()
+
+
+def hixie_connect(port: int, path: str, rcvbuf: int | None = None, timeout: float = 5.0) -> socket.socket:
+    """A hixie-76 SockJS session, past the open frame."""
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", port))
+    origin = f"http://127.0.0.1:{port}"
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: Upgrade\r\n"
+                  f"Upgrade: WebSocket\r\nOrigin: {origin}\r\nSec-WebSocket-Key1: {HIXIE_KEY1}\r\n"
+                  f"Sec-WebSocket-Key2: {HIXIE_KEY2}\r\n\r\n").encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, data
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    sock.sendall(HIXIE_KEY3)
+    expected = hixie_answer(HIXIE_KEY1, HIXIE_KEY2, HIXIE_KEY3) + b"\x00o\xff"
+    while len(rest) < len(expected):
+        chunk = sock.recv(4096)
+        assert chunk, rest
+        rest += chunk
+    assert rest[:len(expected)] == expected
+    return sock

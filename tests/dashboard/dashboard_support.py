@@ -27,9 +27,14 @@ import aiohttp
 import jwt
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+from support import free_port
+
 T = 5.0
 API_KEY = "dashboard-test-key"
 JWT_SECRET = "dashboard-test-secret-of-at-least-32-bytes"
+
+TUNNEL_PORT = free_port()
+"""The TCP tunnel of CONFIG (its endpoint is ``/tcp/<port>``)."""
 
 CONFIG = f"""
 [server]
@@ -65,6 +70,10 @@ mode = "channels"
 [[endpoint]]
 prefix = "/other"
 mode = "echo"
+
+[[tunnel]]
+listen = "127.0.0.1:{TUNNEL_PORT}"
+channel = "tcp-room"
 """
 
 

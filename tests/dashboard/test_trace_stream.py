@@ -21,6 +21,7 @@ import pytest
 import websockets
 from dashboard_support import (
     API_KEY,
+    TUNNEL_PORT,
     RawClient,
     T,
     admin,
@@ -34,6 +35,7 @@ from dashboard_support import (
 )
 
 from sockway.client import connect
+from support import hixie_connect
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -115,6 +117,57 @@ def test_sockjs_over_websocket_frames_are_decoded(gw):
     assert records_of(mine, dir="out", kind="ws-text", sockjs="messages", messages=1, data=f'a["{text}"]')
     assert records_of(mine, dir="out", kind="ws-text", sockjs="close", code=3001, reason="done")
     assert records_of(mine, dir="out", kind="ws-close")
+
+
+def test_hixie76_frames_are_decoded(gw):
+    """The legacy hixie-76 SockJS transport is traced like the others."""
+    text = unique("hixie")
+
+    async def main():
+        async with trace(gw.url, endpoint="/echo") as t:
+            sock = await asyncio.to_thread(hixie_connect, gw.port, f"/echo/000/{uuid.uuid4().hex[:8]}/websocket")
+            try:
+                await asyncio.to_thread(sock.sendall, b"\x00" + json.dumps([text]).encode() + b"\xff")
+                return await t.until(lambda rs: records_of(rs, dir="out", data=f'a["{text}"]'))
+            finally:
+                sock.close()
+
+    records = asyncio.run(main())
+    conn = records_of(records, dir="out", data=f'a["{text}"]')[0]["conn"]
+    mine = records_of(records, conn=conn)
+    assert all(r["transport"] == "sockjs-websocket-hixie76" and r["kind"] == "hixie-text" for r in mine), mine
+    assert records_of(mine, dir="out", sockjs="open", data="o")
+    assert records_of(mine, dir="in", sockjs="send", messages=1, data=f'["{text}"]')
+    assert records_of(mine, dir="out", sockjs="messages", messages=1)
+
+
+def test_tcp_tunnel_lines_are_traced_and_counted(gw):
+    """A line typed into the TCP tunnel and the line it gets back are traced, and its
+    bytes are counted in the endpoint's metrics."""
+    text = unique("typed")
+    endpoint = f"/tcp/{TUNNEL_PORT}"
+
+    async def main():
+        async with trace(gw.url, endpoint=endpoint) as t:
+            reader, writer = await asyncio.open_connection("127.0.0.1", TUNNEL_PORT)
+            try:
+                await asyncio.wait_for(reader.readline(), T)  # the greeting
+                writer.write(text.encode() + b"\n")
+                echoed = await asyncio.wait_for(reader.readline(), T)
+                assert text in echoed.decode(), echoed
+                return await t.until(lambda rs: records_of(rs, dir="out", kind="tcp-line"))
+            finally:
+                writer.close()
+
+    records = asyncio.run(main())
+    assert all(r["endpoint"] == endpoint and r["transport"] == "tcp" for r in records), records
+    assert records_of(records, dir="in", kind="tcp-line", data=text)
+    [out] = records_of(records, dir="out", kind="tcp-line")
+    assert text in out["data"]
+    metrics = http(gw.url + "/metrics")[2].decode()
+    for name in ("sockway_bytes_received_total", "sockway_bytes_sent_total"):
+        line = next(x for x in metrics.splitlines() if x.startswith(f'{name}{{endpoint="{endpoint}"}}'))
+        assert float(line.rsplit(" ", 1)[1]) > len(text), line
 
 
 @pytest.mark.parametrize("transport", ["xhr-streaming", "xhr-polling"])

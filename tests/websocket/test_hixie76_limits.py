@@ -5,17 +5,14 @@ stops reading is closed as a slow consumer (4008) while the others get everythin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import socket
-import struct
 import urllib.request
 
 from websockets.sync.client import connect
 from wsraw import rss_kib
 
-from support import config_gateway, drain, endpoint_connections, wait_for
+from support import config_gateway, drain, endpoint_connections, hixie_connect, wait_for
 
 CONFIG = """
 [server]
@@ -29,47 +26,6 @@ max_buffer = 65536
 """
 
 T = 5.0
-KEY1 = "4 @1  46546xW%0l 1 5"
-KEY2 = "12998 5 Y3 1  .P00"
-KEY3 = b"aaaaaaaa"
-
-
-def answer(key1: str, key2: str, key3: bytes) -> bytes:
-    """The 16-byte challenge answer (draft-hixie-thewebsocketprotocol-76 section 5.2),
-    computed here independently of the server's code."""
-    def number(key: str) -> int:
-        return int("".join(c for c in key if c.isdigit())) // key.count(" ")
-    return hashlib.md5(struct.pack(">II", number(key1), number(key2)) + key3).digest()
-
-
-def hixie_connect(port: int, path: str, rcvbuf: int | None = None) -> socket.socket:
-    """A hixie-76 SockJS session, past the open frame."""
-    sock = socket.socket()
-    if rcvbuf:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(T)
-    sock.connect(("127.0.0.1", port))
-    origin = f"http://127.0.0.1:{port}"
-    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: Upgrade\r\n"
-                  f"Upgrade: WebSocket\r\nOrigin: {origin}\r\nSec-WebSocket-Key1: {KEY1}\r\n"
-                  f"Sec-WebSocket-Key2: {KEY2}\r\n\r\n").encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        assert chunk, data
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101"), head
-    sock.sendall(KEY3)
-    expected = answer(KEY1, KEY2, KEY3) + b"\x00o\xff"
-    while len(rest) < len(expected):
-        chunk = sock.recv(4096)
-        assert chunk, rest
-        rest += chunk
-    assert rest[:len(expected)] == expected
-    return sock
-
-
 def connections(gw) -> int:
     return endpoint_connections(gw, "/bc")
 

@@ -26,6 +26,7 @@ from sockway.hub.connection import Connection
 from sockway.hub.endpoint import Endpoint
 from sockway.hub.message import SOCKJS
 from sockway.hub.modes import Mode
+from sockway.hub.trace import TRACER
 from sockway.jsonutil import dumps_str, loads
 
 if TYPE_CHECKING:
@@ -97,11 +98,14 @@ class TcpLineConnection(Connection, asyncio.Protocol):
         self.endpoint.opened(self)
 
     def data_received(self, data: bytes) -> None:
+        self.endpoint.bytes_in += len(data)
         self._buffer += data
         while b"\n" in self._buffer:
             line, self._buffer = self._buffer.split(b"\n", 1)
             text = line.rstrip(b"\r").decode("utf-8", "replace")
             if text:
+                if TRACER.active:
+                    TRACER.record(self, "in", "tcp-line", text)
                 self.endpoint.received(self, text)
         if len(self._buffer) > self._max:
             self.close(closecodes.MESSAGE_TOO_BIG, f"line longer than {self._max} bytes")
@@ -122,6 +126,9 @@ class TcpLineConnection(Connection, asyncio.Protocol):
             self._close_code, self._close_reason = closecodes.SLOW_CONSUMER, "slow consumer: outgoing buffer full"
             self._transport.abort()  # what waits for it is dropped
             return
+        self.endpoint.bytes_out += len(line)
+        if TRACER.active:
+            TRACER.record(self, "out", "tcp-line", line[:-1])
         self._transport.write(line)
 
     def close(self, code: int = closecodes.NORMAL, reason: str = "") -> None:

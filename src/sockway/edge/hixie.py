@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 from sockway import closecodes
 from sockway.hub.connection import Connection
 from sockway.hub.message import SOCKJS
+from sockway.hub.trace import TRACER
 from sockway.sockjs.frames import OPEN, close_frame, messages_frame
 from sockway.sockjs.payload import PayloadError, decode_messages
 from sockway.ws import hixie76
@@ -79,6 +80,8 @@ class Hixie76SockJS(Connection, asyncio.Protocol):
             except ValueError:
                 self._transport.abort()
                 return
+            if TRACER.active:
+                TRACER.record(self, "out", "hixie-text", OPEN, sockjs=True)
             self._transport.write(answer + hixie76.encode_text(OPEN))
             self._open = True
             self.endpoint.opened(self)
@@ -90,6 +93,8 @@ class Hixie76SockJS(Connection, asyncio.Protocol):
             if len(raw) > limit:
                 self._too_big()
                 return
+            if TRACER.active:
+                TRACER.record(self, "in", "hixie-text", raw, sockjs=True)
             try:
                 decoded = decode_messages(raw, allow_string=True)
             except PayloadError:
@@ -142,8 +147,11 @@ class Hixie76SockJS(Connection, asyncio.Protocol):
         pending, self._pending = self._pending, []
         self._pending_bytes = 0
         if pending and not self._closed:
-            frame = hixie76.encode_text(messages_frame(pending))
+            text = messages_frame(pending)
+            frame = hixie76.encode_text(text)
             self.endpoint.bytes_out += len(frame)
+            if TRACER.active:
+                TRACER.record(self, "out", "hixie-text", text, sockjs=True)
             self._transport.write(frame)
 
     def close(self, code: int = closecodes.GO_AWAY, reason: str = "Go away!") -> None:
@@ -151,7 +159,10 @@ class Hixie76SockJS(Connection, asyncio.Protocol):
             return
         self.flush({})
         self._closed = True
-        self._transport.write(hixie76.encode_text(close_frame(code, reason)) + hixie76.CLOSE)
+        text = close_frame(code, reason)
+        if TRACER.active:
+            TRACER.record(self, "out", "hixie-text", text, sockjs=True)
+        self._transport.write(hixie76.encode_text(text) + hixie76.CLOSE)
         self._transport.close()
 
     @property
