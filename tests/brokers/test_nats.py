@@ -291,3 +291,40 @@ async def test_a_burst_of_publishes_is_appended_in_batches(nats_server):
     finally:
         await publisher.stop()
         await subscriber.stop()
+
+
+@run(60)
+async def test_first_fan_out_messages_out_of_order(nats_server):
+    """Fan-out messages of two nodes can reach a third out of order. Before anything was
+    delivered there, the first one to arrive may not be next after what its subscribers
+    were given (the first history read): the node fills the gap from the stream, so
+    offsets 1 and 2 arriving as 2, 1 are delivered 1, 2."""
+    from sockway.brokers.base import HistoryPolicy, resolve
+    from sockway.brokers.nats import NatsBroker
+    from sockway.brokers.wire import publication_body
+
+    writer = NatsBroker(nats_server.url + "?commands=off")
+    reader = NatsBroker(nats_server.url + "?commands=off")
+    await writer.start()
+    await reader.start()
+    try:
+        channel = unique("order")
+        policy = HistoryPolicy(size=10)
+        got: list[int] = []
+        reader.on_publication = lambda pub: got.append(pub.offset) if pub.channel == channel else None
+        await resolve(reader.interest(channel, True))
+        assert await reader.subscribed(channel)
+        await resolve(reader.history(channel, policy))  # what subscribers here start from
+        # Two appends whose fan-out messages have not been sent yet (as if two other
+        # nodes had just appended them).
+        stream, subject = await writer._stream(channel, policy)
+        head = await writer._head(stream, subject)
+        first, message1 = await writer._append(stream, subject, head, [publication_body("one", None, 0.0)])
+        second, message2 = await writer._append(stream, subject, first, [publication_body("two", None, 0.0)])
+        reader._on_channel_message(channel, b'p{"s":%d,' % second[0] + message2[1:])
+        reader._on_channel_message(channel, b'p{"s":%d,' % first[0] + message1[1:])
+        await eventually(lambda: len(got) >= 2, timeout=10)
+        assert got == [first[1], second[1]] == [1, 2]
+    finally:
+        await writer.stop()
+        await reader.stop()

@@ -443,7 +443,10 @@ class NatsBroker(Broker):
         channel = pub.channel
         if channel not in self._interest:
             return
-        last = self._last.get(channel)
+        # Before the first delivery here, the position of the first history read (what
+        # subscribers here were given) is the reference: fan-out messages of several
+        # nodes can arrive out of order, and the first one to come is not always next.
+        last = self._last.get(channel) or self._floor.get(channel)
         if last is not None and last[1] == pub.epoch:
             if pub.offset <= last[0]:
                 self.stats["duplicates"] += 1
