@@ -6,6 +6,7 @@ history semantics checked against the memory engine's."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -252,6 +253,21 @@ def test_engines_are_selected_by_url():
 
 
 
+@contextlib.asynccontextmanager
+async def two_engines(url: str):
+    """Two NATS engines (two nodes' brokers, without command handling), started."""
+    from sockway.brokers.nats import NatsBroker
+
+    engines = (NatsBroker(url + "?commands=off"), NatsBroker(url + "?commands=off"))
+    for engine in engines:
+        await engine.start()
+    try:
+        yield engines
+    finally:
+        for engine in engines:
+            await engine.stop()
+
+
 @run(60)
 async def test_a_burst_of_publishes_is_appended_in_batches(nats_server):
     """Publications a node makes to one channel while an append is in flight go out
@@ -259,13 +275,8 @@ async def test_a_burst_of_publishes_is_appended_in_batches(nats_server):
     node delivers every one once and in order, and history and recovery read inside
     batches (from any offset, a batch's middle included)."""
     from sockway.brokers.base import HistoryPolicy, StreamPosition, resolve
-    from sockway.brokers.nats import NatsBroker
 
-    publisher = NatsBroker(nats_server.url + "?commands=off")
-    subscriber = NatsBroker(nats_server.url + "?commands=off")
-    await publisher.start()
-    await subscriber.start()
-    try:
+    async with two_engines(nats_server.url) as (publisher, subscriber):
         channel = unique("burst")
         policy = HistoryPolicy(size=1000)
         got: list[tuple[int, object]] = []
@@ -288,9 +299,6 @@ async def test_a_burst_of_publishes_is_appended_in_batches(nats_server):
             assert r.recovered and [p.offset for p in r.publications] == list(range(since + 1, 301)), since
         last = await resolve(subscriber.history(channel, HistoryPolicy(size=1000), None, 5))
         assert [p.data for p in last.publications] == [{"n": n} for n in range(295, 300)]
-    finally:
-        await publisher.stop()
-        await subscriber.stop()
 
 
 @run(60)
@@ -300,14 +308,9 @@ async def test_first_fan_out_messages_out_of_order(nats_server):
     were given (the first history read): the node fills the gap from the stream, so
     offsets 1 and 2 arriving as 2, 1 are delivered 1, 2."""
     from sockway.brokers.base import HistoryPolicy, resolve
-    from sockway.brokers.nats import NatsBroker
     from sockway.brokers.wire import publication_body
 
-    writer = NatsBroker(nats_server.url + "?commands=off")
-    reader = NatsBroker(nats_server.url + "?commands=off")
-    await writer.start()
-    await reader.start()
-    try:
+    async with two_engines(nats_server.url) as (writer, reader):
         channel = unique("order")
         policy = HistoryPolicy(size=10)
         got: list[int] = []
@@ -325,6 +328,3 @@ async def test_first_fan_out_messages_out_of_order(nats_server):
         reader._on_channel_message(channel, b'p{"s":%d,' % first[0] + message1[1:])
         await eventually(lambda: len(got) >= 2, timeout=10)
         assert got == [first[1], second[1]] == [1, 2]
-    finally:
-        await writer.stop()
-        await reader.stop()
