@@ -159,6 +159,33 @@ def endpoint_connections(proc: GatewayProcess, prefix: str, timeout: float = 5.0
     return count["connections"] if isinstance(count, dict) else count
 
 
+def wait_tcp(port: int, timeout: float = 10.0) -> None:
+    """Until something accepts TCP connections on 127.0.0.1:port (bounded by ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as s:
+            s.settimeout(1)
+            try:
+                s.connect(("127.0.0.1", port))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s") from None
+        time.sleep(0.05)
+
+
+def require_php_zmq() -> str:
+    """The php program with the zmq extension loaded, or skip (fail under CI=true)."""
+    php = require_program("php", "apt-get install php-cli php-zmq")
+    modules = subprocess.run([php, "-m"], capture_output=True, text=True, timeout=30).stdout.split()
+    if "zmq" not in modules:
+        message = "php's zmq extension is not loaded: apt-get install php-zmq"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return php
+
+
 # -- a legacy hixie-76 WebSocket (SockJS still speaks it) ----------------------------------
 
 HIXIE_KEY1 = "4 @1  46546xW%0l 1 5"

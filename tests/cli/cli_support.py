@@ -25,7 +25,7 @@ from typing import Any
 import jwt
 from websockets.sync.client import connect
 
-from support import ROOT, GatewayProcess, config_gateway, free_port, require_program
+from support import ROOT, GatewayProcess, config_gateway, free_port, require_program, wait_tcp
 
 SOCKWAY = [sys.executable, "-m", "sockway"]
 T = 10.0  # seconds: the default bound of every wait
@@ -354,22 +354,6 @@ def broker_gateway(engine: str, store: Path, query: str = "") -> Iterator[tuple[
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-
-
-def wait_tcp(port: int, timeout: float = T) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while True:
-        with socket.socket() as s:
-            s.settimeout(1)
-            try:
-                s.connect(("127.0.0.1", port))
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}") from None
-        time.sleep(0.05)
 
 
 def token(sub: str = "alice", ttl: int = 300, secret: str = JWT_SECRET) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from support import ROOT, GatewayProcess, free_port
+from support import ROOT, GatewayProcess, free_port, wait_tcp
 
 DEMOS = ROOT / "demos"
 WWW = DEMOS / "www"
@@ -105,25 +105,11 @@ def demo_gateway(env: dict[str, str] | None = None) -> Iterator[DemoGateway]:
     try:
         proc.wait_ready()
         for p in (sub_port, pull_port, tunnel_port):
-            wait_tcp(p)
+            wait_tcp(p, T)
         yield DemoGateway(proc, port, sub, pull, tunnel_port)
     finally:
         proc.stop()
         os.unlink(f.name)
-
-
-def wait_tcp(port: int, timeout: float = T) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with socket.socket() as s:
-            s.settimeout(1)
-            try:
-                s.connect(("127.0.0.1", port))
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}") from None
-        time.sleep(0.05)
 
 
 # -- what the pages tell users to run ------------------------------------------------------------
@@ -147,22 +133,6 @@ def run_shell(command: str, timeout: float = 30.0) -> subprocess.CompletedProces
     result = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{command!r} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
     return result
-
-
-def require_php_zmq() -> str:
-    """The php program with the zmq extension loaded, or skip (fail under CI=true)."""
-    import pytest
-
-    from support import IN_CI, require_program
-
-    php = require_program("php", "apt-get install php-cli php-zmq")
-    modules = subprocess.run([php, "-m"], capture_output=True, text=True, timeout=30).stdout.split()
-    if "zmq" not in modules:
-        message = "php's zmq extension is not loaded: apt-get install php-zmq"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return php
 
 
 # -- the tunnel's TCP side -----------------------------------------------------------------------

@@ -21,10 +21,11 @@ from demo_support import (
     LineClient,
     command_lines,
     page_commands,
-    require_php_zmq,
     run_shell,
 )
 from playwright.sync_api import Page
+
+from support import require_php_zmq
 
 pytestmark = pytest.mark.browser
 

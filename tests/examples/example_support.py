@@ -9,7 +9,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,41 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 from websockets.sync.client import connect
 
-from support import IN_CI, ROOT, GatewayProcess, free_port, gateway, require_program
+from support import ROOT, GatewayProcess, free_port, gateway, wait_tcp
 
 EXAMPLES = ROOT / "examples"
 PYTHON = sys.executable
 T = 5.0  # seconds: the default bound of every wait
-
-
-def require_php_zmq() -> str:
-    """The php program with the zmq extension loaded, or skip (fail under CI=true)."""
-    php = require_program("php", "apt-get install php-cli php-zmq")
-    modules = subprocess.run([php, "-m"], capture_output=True, text=True, timeout=30).stdout.split()
-    if "zmq" not in modules:
-        message = "php's zmq extension is not loaded: apt-get install php-zmq"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return php
-
-
-def wait_tcp(port: int, timeout: float = T) -> None:
-    """Until something accepts TCP connections on 127.0.0.1:port."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with socket.socket() as s:
-            s.settimeout(1)
-            try:
-                s.connect(("127.0.0.1", port))
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s") from None
-        time.sleep(0.05)
 
 
 def run(args: list[str], env: dict | None = None, timeout: float = 20.0,
@@ -152,7 +123,7 @@ def examples_gateway() -> Iterator[ExamplesGateway]:
     with gateway(["serve", "--config", str(EXAMPLES / "sockway.toml")], env=env) as proc:
         # The health check answers once HTTP is up; the ZeroMQ sockets are bound right after.
         for port in ports.values():
-            wait_tcp(port)
+            wait_tcp(port, T)
         yield ExamplesGateway(proc, key, **addresses)
 
 

@@ -13,7 +13,9 @@ import json
 import time
 
 import pytest
-from example_support import EXAMPLES, ChannelsClient, chat_listener, require_php_zmq, run, token
+from example_support import EXAMPLES, ChannelsClient, chat_listener, run, token
+
+from support import require_php_zmq
 
 SCRIPT = str(EXAMPLES / "php" / "publish.php")
 
