@@ -186,6 +186,74 @@ def require_php_zmq() -> str:
     return php
 
 
+# -- headless Chromium ------------------------------------------------------------------------
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+"""Chromium flags: no GPU, QUIC or background traffic, and nothing that needs a sandbox
+or a profile (Playwright gives every launch a fresh temporary profile)."""
+
+
+class ChromiumThread:
+    """One headless Chromium driven through Playwright's sync API from a thread of its
+    own (while that API is open in a thread, asyncio believes a loop runs there, and the
+    tests use asyncio.run() in the main thread). ``run(fn)`` calls ``fn(browser)`` in
+    that thread and returns its result or raises its exception, within ``run_timeout``
+    seconds unless told otherwise."""
+
+    def __init__(self, executable: str, name: str = "chromium", run_timeout: float = 60.0) -> None:
+        import concurrent.futures
+        import queue
+        import threading
+
+        self.run_timeout = run_timeout
+        self._jobs: queue.Queue = queue.Queue()
+        ready: concurrent.futures.Future = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._main, args=(executable, ready), name=name, daemon=True)
+        self._thread.start()
+        ready.result(timeout=60)
+
+    def _main(self, executable: str, ready) -> None:
+        from playwright.sync_api import sync_playwright
+
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+                ready.set_result(None)
+                try:
+                    while (job := self._jobs.get()) is not None:
+                        fn, future = job
+                        if future.set_running_or_notify_cancel():
+                            try:
+                                future.set_result(fn(browser))
+                            except BaseException as exc:
+                                future.set_exception(exc)
+                finally:
+                    browser.close()
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+
+    def run(self, fn, timeout: float | None = None):
+        import concurrent.futures
+
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((fn, future))
+        return future.result(self.run_timeout if timeout is None else timeout)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(15)
+
+
 # -- a legacy hixie-76 WebSocket (SockJS still speaks it) ----------------------------------
 
 HIXIE_KEY1 = "4 @1  46546xW%0l 1 5"

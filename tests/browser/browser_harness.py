@@ -21,19 +21,6 @@ from playwright.sync_api import Error as PlaywrightError
 HERE = Path(__file__).resolve().parent
 PAGE = HERE / "page.html"
 
-# Chromium flags: no GPU, QUIC or background traffic, and nothing that needs a sandbox
-# or a profile (Playwright gives every launch a fresh temporary profile).
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 # Every wait in a browser test is bounded by this many milliseconds.
 WAIT_MS = 5_000
 # sockjs-client's ``timeout`` option: how long it gives a transport to open before it

@@ -20,10 +20,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from browser_harness import CHROMIUM_ARGS, BrowserPage, slow_uplink, static_server
+from browser_harness import BrowserPage, slow_uplink, static_server
 from playwright.sync_api import Browser, sync_playwright
 
-from support import IN_CI, ROOT, require_program
+from support import CHROMIUM_ARGS, IN_CI, ROOT, require_program
 
 SOCKJS_CLIENT = ROOT / "node_modules" / "sockjs-client" / "dist" / "sockjs.min.js"
 

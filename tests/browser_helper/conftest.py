@@ -14,18 +14,17 @@ from helper_driver import (
     SHORT_HISTORY,
     Api,
     Application,
-    BrowserThread,
     HelperPage,
     page_server,
 )
 
-from support import IN_CI, ROOT, GatewayProcess, config_gateway, require_program
+from support import IN_CI, ROOT, ChromiumThread, GatewayProcess, config_gateway, require_program
 
 
 @pytest.fixture(scope="session")
-def helper_chromium() -> Iterator[BrowserThread]:
+def helper_chromium() -> Iterator[ChromiumThread]:
     executable = require_program("chromium", "apt-get install chromium")
-    chromium = BrowserThread(executable)
+    chromium = ChromiumThread(executable, "sockway-js-chromium", run_timeout=30.0)
     try:
         yield chromium
     finally:
@@ -112,7 +111,7 @@ def api(helper_gateway: GatewayProcess) -> Api:
 
 
 @pytest.fixture
-def open_page(helper_chromium: BrowserThread, helper_page_origin: str,
+def open_page(helper_chromium: ChromiumThread, helper_page_origin: str,
               helper_gateway: GatewayProcess) -> Iterator[Callable[..., HelperPage]]:
     """A factory of pages (each in its own browser context), closed after the test.
     The page reaches the gateway as http://localhost:<port>, another origin."""

@@ -9,35 +9,24 @@ these tests must not depend on which directory pytest visits first.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import http.server
 import json
-import queue
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 from playwright.sync_api import Error as PlaywrightError
+
+from support import ChromiumThread
 
 HERE = Path(__file__).resolve().parent
 PAGE = HERE / "helper_page.html"
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 # Every wait in the page is bounded by this many milliseconds.
 WAIT_MS = 5_000
@@ -46,47 +35,6 @@ API_KEY = "sockway-js-test-key"
 JWT_SECRET = "sockway-js-test-secret-of-at-least-32-bytes"
 SHORT_HISTORY = 5
 """history_size of the "short" namespace."""
-
-
-class BrowserThread:
-    """One headless Chromium, driven from a dedicated thread: ``run(fn)`` calls
-    ``fn(browser)`` there and returns its result (or raises its exception)."""
-
-    def __init__(self, executable: str) -> None:
-        self._jobs: queue.Queue = queue.Queue()
-        started: concurrent.futures.Future = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._main, args=(executable, started),
-                                        name="sockway-js-chromium", daemon=True)
-        self._thread.start()
-        started.result(timeout=60)
-
-    def _main(self, executable: str, started: concurrent.futures.Future) -> None:
-        try:
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-                started.set_result(None)
-                try:
-                    while (job := self._jobs.get()) is not None:
-                        fn, future = job
-                        if future.set_running_or_notify_cancel():
-                            try:
-                                future.set_result(fn(browser))
-                            except BaseException as exc:
-                                future.set_exception(exc)
-                finally:
-                    browser.close()
-        except BaseException as exc:
-            if not started.done():
-                started.set_exception(exc)
-
-    def run(self, fn: Callable[[Browser], Any], timeout: float = 30.0) -> Any:
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        self._jobs.put((fn, future))
-        return future.result(timeout)
-
-    def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(15)
 
 
 @contextlib.contextmanager
@@ -139,7 +87,7 @@ def describe(name: str, snapshot: dict) -> str:
 class HelperPage:
     """One page in a fresh browser context, with sockway.js loaded from ``gateway``."""
 
-    def __init__(self, chromium: BrowserThread, page_url: str, gateway: str, load: str = "classic") -> None:
+    def __init__(self, chromium: ChromiumThread, page_url: str, gateway: str, load: str = "classic") -> None:
         self.chromium = chromium
         self.gateway = gateway
         self.lines: list[str] = []

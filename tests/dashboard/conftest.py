@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from dashboard_support import CONFIG, Chromium
+from dashboard_support import CONFIG
 
-from support import GatewayProcess, config_gateway, require_program
+from support import ChromiumThread, GatewayProcess, config_gateway, require_program
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,8 @@ def gw() -> Iterator[GatewayProcess]:
 
 
 @pytest.fixture(scope="module")
-def chromium() -> Iterator[Chromium]:
-    browser = Chromium(require_program("chromium", "apt-get install chromium"))
+def chromium() -> Iterator[ChromiumThread]:
+    browser = ChromiumThread(require_program("chromium", "apt-get install chromium"), "dashboard-chromium")
     try:
         yield browser
     finally:

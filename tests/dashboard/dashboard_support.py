@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import concurrent.futures
 import contextlib
 import json
 import os
-import queue
 import socket
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +24,7 @@ import aiohttp
 import jwt
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from support import free_port
+from support import ChromiumThread, free_port
 
 T = 5.0
 API_KEY = "dashboard-test-key"
@@ -235,60 +232,11 @@ class RawClient:
 
 # -- Chromium -----------------------------------------------------------------------------
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-class Chromium:
-    """Headless Chromium driven through Playwright's sync API from a thread of its own
-    (while that API is open in a thread, asyncio believes a loop runs there, and the
-    tests use asyncio.run() in the main thread). ``run(fn)`` calls ``fn(browser)`` in
-    that thread and returns its result or raises its exception."""
-
-    def __init__(self, executable: str) -> None:
-        self._jobs: queue.Queue = queue.Queue()
-        ready: concurrent.futures.Future = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._main, args=(executable, ready),
-                                        name="dashboard-chromium", daemon=True)
-        self._thread.start()
-        ready.result(timeout=60)
-
-    def _main(self, executable: str, ready: concurrent.futures.Future) -> None:
-        from playwright.sync_api import sync_playwright
-
-        try:
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-                ready.set_result(None)
-                try:
-                    while (job := self._jobs.get()) is not None:
-                        fn, future = job
-                        if future.set_running_or_notify_cancel():
-                            try:
-                                future.set_result(fn(browser))
-                            except BaseException as exc:
-                                future.set_exception(exc)
-                finally:
-                    browser.close()
-        except BaseException as exc:
-            if not ready.done():
-                ready.set_exception(exc)
-
-    def run(self, fn: Callable[[Any], Any], timeout: float = 60.0) -> Any:
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        self._jobs.put((fn, future))
-        return future.result(timeout)
-
-    def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(15)
-
-
 class DashboardPage:
     """The dashboard in a fresh browser context. Methods run in the browser's thread;
     every wait in them is bounded by ``T``."""
 
-    def __init__(self, chromium: Chromium, base: str, viewport: tuple[int, int] = (1400, 1000)) -> None:
+    def __init__(self, chromium: ChromiumThread, base: str, viewport: tuple[int, int] = (1400, 1000)) -> None:
         self.chromium = chromium
         self.errors: list[str] = []
 
@@ -338,7 +286,7 @@ class DashboardPage:
 
 
 @contextlib.contextmanager
-def dashboard_page(chromium: Chromium, base: str, **kwargs: Any) -> Iterator[DashboardPage]:
+def dashboard_page(chromium: ChromiumThread, base: str, **kwargs: Any) -> Iterator[DashboardPage]:
     page = DashboardPage(chromium, base, **kwargs)
     try:
         yield page

@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from demo_support import CHROMIUM_ARGS, WAIT_MS, DemoGateway, demo_gateway
+from demo_support import WAIT_MS, DemoGateway, demo_gateway
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from support import IN_CI, ROOT, require_program
+from support import CHROMIUM_ARGS, IN_CI, ROOT, require_program
 
 SOCKJS_CLIENT = ROOT / "node_modules" / "sockjs-client" / "dist" / "sockjs.min.js"
 

@@ -31,19 +31,6 @@ DEMO_SUB = "tcp://127.0.0.1:5555"
 DEMO_PULL = "tcp://127.0.0.1:5557"
 DEMO_TUNNEL = "127.0.0.1:7070"
 
-# Chromium flags: no GPU, QUIC or background traffic, nothing that needs a sandbox.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
 @dataclass
 class DemoGateway:
     proc: GatewayProcess

@@ -16,11 +16,11 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from browser_harness import CHROMIUM_ARGS, BrowserPage, static_server  # tests/browser (conftest's harness)
+from browser_harness import BrowserPage, static_server  # tests/browser (conftest's harness)
 from harness import ENGINES, KEY, RoundRobin, round_robin
 from playwright.sync_api import Browser, sync_playwright
 
-from support import IN_CI, ROOT, require_program
+from support import CHROMIUM_ARGS, IN_CI, ROOT, require_program
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
