@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import itertools
 import logging
 from typing import TYPE_CHECKING
 
@@ -94,9 +95,7 @@ class WebhookSender:
             headers["X-Sockway-Signature"] = sign(self.config.secret, body)
         delay = 0.2
         retries = self.config.max_retries
-        attempt = -1
-        while retries < 0 or attempt < retries:
-            attempt += 1
+        for attempt in itertools.count() if retries < 0 else range(retries + 1):
             self.last_attempts = attempt + 1
             if attempt:
                 self.retries += 1

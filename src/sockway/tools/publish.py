@@ -22,6 +22,8 @@ import json
 import os
 import sys
 
+from sockway.tools import broker_target
+
 __all__ = ["add_parser", "run"]
 
 
@@ -136,18 +138,17 @@ def _run_broker(args: argparse.Namespace, lines) -> int:
     """Commands through the cluster's broker, each result (or refusal) coming back from
     the node that ran it. The URL is the gateway's ``[broker] url`` as configured: its
     ``prefix`` names the command list (Redis) or subject (NATS)."""
-    from urllib.parse import parse_qs, urlsplit, urlunsplit
+    from urllib.parse import urlsplit, urlunsplit
 
     from sockway.app import GatewayError
 
-    engine, url = ("NATS", args.nats) if args.nats else ("Redis", args.redis)
-    schemes = ("nats", "tls") if args.nats else ("redis", "rediss", "unix")
-    parts = urlsplit(url)
-    if parts.scheme not in schemes:
-        print(f"sockway publish: --{engine.lower()} takes a {schemes[0]}:// URL, got {url!r}", file=sys.stderr)
+    try:
+        name, url, prefix = broker_target(args)
+    except ValueError as exc:
+        print(f"sockway publish: {exc}", file=sys.stderr)
         return 2
-    prefix = parse_qs(parts.query).get("prefix", ["sockway"])[0]
-    bare = urlunsplit(parts._replace(query=""))
+    engine = {"nats": "NATS", "redis": "Redis"}[name]
+    bare = urlunsplit(urlsplit(url)._replace(query=""))
     try:
         if args.nats:
             from sockway.app_nats import NatsCommands

@@ -29,7 +29,7 @@ import os
 import sys
 
 from sockway.client.sockjs import TRANSPORTS
-from sockway.tools import reader_gone
+from sockway.tools import broker_target, reader_gone
 
 __all__ = ["add_parser", "run"]
 
@@ -217,21 +217,6 @@ async def _tail_channel(args: argparse.Namespace) -> int:
 # -- through the cluster's broker ---------------------------------------------------------
 
 
-def _broker(args: argparse.Namespace) -> tuple[str, str, str] | str:
-    """(engine, URL without engine options, prefix) of ``--redis``/``--nats``, or what is
-    wrong with them."""
-    from urllib.parse import parse_qs, urlsplit
-
-    given = [name for name in ("url", "zmq", "redis", "nats") if getattr(args, name)]
-    if len(given) > 1:
-        return "give one of --url, --zmq, --redis, --nats"
-    engine, url = ("nats", args.nats) if args.nats else ("redis", args.redis)
-    schemes = ("nats", "tls") if engine == "nats" else ("redis", "rediss", "unix")
-    parts = urlsplit(url)
-    if parts.scheme not in schemes:
-        return f"--{engine} takes a {schemes[0]}:// URL, got {url!r}"
-    return engine, url, parse_qs(parts.query).get("prefix", ["sockway"])[0] or "sockway"
-
 
 async def _wait_items(queue: asyncio.Queue, args: argparse.Namespace) -> None:
     count = 0
@@ -369,11 +354,14 @@ async def _tail_broker_events(args: argparse.Namespace, engine: str, url: str, p
 
 
 def _tail_broker(args: argparse.Namespace) -> int:
-    found = _broker(args)
-    if isinstance(found, str):
-        print(f"sockway tail: {found}", file=sys.stderr)
+    if sum(bool(getattr(args, name)) for name in ("url", "zmq", "redis", "nats")) > 1:
+        print("sockway tail: give one of --url, --zmq, --redis, --nats", file=sys.stderr)
         return 2
-    engine, url, prefix = found
+    try:
+        engine, url, prefix = broker_target(args)
+    except ValueError as exc:
+        print(f"sockway tail: {exc}", file=sys.stderr)
+        return 2
     if args.what == "channel":
         if not args.name:
             print("sockway tail channel: give the channel NAME", file=sys.stderr)
