@@ -19,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +44,16 @@ def require_program(name: str, hint: str) -> str:
     path = shutil.which(name)
     if path is None:
         message = f"{name} not found: {hint}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def require_file(path: Path, hint: str) -> Path:
+    """``path``, or skip (fail under CI=true) saying it is missing, with ``hint``."""
+    if not path.is_file():
+        message = f"{path} not found{hint}"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
@@ -200,6 +211,23 @@ CHROMIUM_ARGS = [
 ]
 """Chromium flags: no GPU, QUIC or background traffic, and nothing that needs a sandbox
 or a profile (Playwright gives every launch a fresh temporary profile)."""
+
+
+@contextlib.contextmanager
+def chromium_browser() -> Iterator[Any]:
+    """Headless Chromium through Playwright's sync API in this thread, for one test
+    module at most: while that API is open in a thread, asyncio believes an event loop
+    runs there, and other modules' asyncio.run() would fail (ChromiumThread, below,
+    avoids that with a thread of its own)."""
+    from playwright.sync_api import sync_playwright
+
+    executable = require_program("chromium", "apt-get install chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 class ChromiumThread:

@@ -21,35 +21,23 @@ from urllib.parse import urlsplit
 
 import pytest
 from browser_harness import BrowserPage, slow_uplink, static_server
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 
-from support import CHROMIUM_ARGS, IN_CI, ROOT, require_program
+from support import ROOT, chromium_browser, require_file
 
 SOCKJS_CLIENT = ROOT / "node_modules" / "sockjs-client" / "dist" / "sockjs.min.js"
 
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
-    """Chromium for one test module. Not longer: while Playwright's sync API is open in
-    a thread, asyncio sees its event loop as running there, and every later
-    ``asyncio.run()`` in the main thread (other test modules use it) would fail."""
-    executable = require_program("chromium", "apt-get install chromium")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    """Chromium for one test module, no longer (see chromium_browser)."""
+    with chromium_browser() as browser:
+        yield browser
 
 
 @pytest.fixture(scope="session")
 def sockjs_client() -> Path:
-    if not SOCKJS_CLIENT.is_file():
-        message = f"{SOCKJS_CLIENT} not found: npm install sockjs-client@1.6.1"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return SOCKJS_CLIENT
+    return require_file(SOCKJS_CLIENT, ": npm install sockjs-client@1.6.1")
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from helper_driver import (
     page_server,
 )
 
-from support import IN_CI, ROOT, ChromiumThread, GatewayProcess, config_gateway, require_program
+from support import ROOT, ChromiumThread, GatewayProcess, config_gateway, require_file, require_program
 
 
 @pytest.fixture(scope="session")
@@ -48,11 +48,8 @@ def application() -> Iterator[Application]:
 
 @pytest.fixture(scope="module")
 def helper_gateway(helper_page_origin: str, application: Application) -> Iterator[GatewayProcess]:
-    if not (ROOT / "node_modules" / "sockjs-client" / "dist" / "sockjs.min.js").is_file():
-        message = "node_modules/sockjs-client not found: npm install sockjs-client@1.6.1"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+    require_file(ROOT / "node_modules" / "sockjs-client" / "dist" / "sockjs.min.js",
+                 ": npm install sockjs-client@1.6.1")
     config = f"""
 [server]
 allowed_origins = ["{helper_page_origin}"]

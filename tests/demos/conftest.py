@@ -8,36 +8,25 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from demo_support import WAIT_MS, DemoGateway, demo_gateway
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
-from support import CHROMIUM_ARGS, IN_CI, ROOT, require_program
+from support import ROOT, chromium_browser, require_file
 
 SOCKJS_CLIENT = ROOT / "node_modules" / "sockjs-client" / "dist" / "sockjs.min.js"
 
 
 @pytest.fixture(scope="module")
 def demo() -> Iterator[DemoGateway]:
-    if not SOCKJS_CLIENT.is_file():
-        message = f"{SOCKJS_CLIENT} not found (the demo pages load it): npm install"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+    require_file(SOCKJS_CLIENT, " (the demo pages load it): npm install")
     with demo_gateway() as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
-    """Chromium for one test module, no longer: while Playwright's sync API is open in
-    this thread, asyncio believes an event loop runs here, and other modules'
-    asyncio.run() would fail."""
-    executable = require_program("chromium", "apt-get install chromium")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    """Chromium for one test module, no longer (see chromium_browser)."""
+    with chromium_browser() as browser:
+        yield browser
 
 
 class Problems:

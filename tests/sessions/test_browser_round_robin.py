@@ -18,9 +18,9 @@ from collections.abc import Iterator
 import pytest
 from browser_harness import BrowserPage, static_server  # tests/browser (conftest's harness)
 from harness import ENGINES, KEY, RoundRobin, round_robin
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 
-from support import CHROMIUM_ARGS, IN_CI, ROOT, require_program
+from support import ROOT, chromium_browser, require_file
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -33,25 +33,14 @@ BURST = 100
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
-    """Chromium for this module only (Playwright's sync API must not stay open while
-    other modules run asyncio)."""
-    executable = require_program("chromium", "apt-get install chromium")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    """Chromium for this module only (see chromium_browser)."""
+    with chromium_browser() as browser:
+        yield browser
 
 
 @pytest.fixture(scope="module")
 def page_origin() -> Iterator[str]:
-    if not SOCKJS_CLIENT.is_file():
-        message = f"{SOCKJS_CLIENT} not found: npm install sockjs-client@1.6.1"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    with static_server(SOCKJS_CLIENT) as url:
+    with static_server(require_file(SOCKJS_CLIENT, ": npm install sockjs-client@1.6.1")) as url:
         yield url
 
 
