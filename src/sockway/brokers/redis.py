@@ -146,6 +146,15 @@ def parse_options(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit(parts._replace(query=urlencode(rest))), options
 
 
+def events_key(options: dict[str, str]) -> str | None:
+    """The stream application events go to, from the engine's options: ``events=on``
+    gives ``<prefix>:events``, ``events=<key>`` that key; None when events are off."""
+    events = options["events"]
+    if not events or events.lower() in ("0", "off", "false", "no"):
+        return None
+    return f"{options['prefix']}:events" if events.lower() in TRUE else events
+
+
 def _unavailable(exc: BaseException) -> BrokerUnavailable:
     return BrokerUnavailable(f"Redis: {exc}" if str(exc) else f"Redis: {type(exc).__name__}")
 
@@ -1124,10 +1133,9 @@ class RedisBroker(Broker):
     # -- application events -------------------------------------------------------------------
 
     def app_bridges(self, hub: Any) -> list:
-        events = self.options["events"]
-        if not events or events.lower() in ("0", "off", "false", "no"):
+        key = events_key(self.options)
+        if key is None:
             return []
-        key = f"{self.prefix}:events" if events.lower() in TRUE else events
         maxlen = int(self.options["events_maxlen"])
         return [RedisEventStream(self, hub.events.add_queue("redis"), key, maxlen)]
 

@@ -317,11 +317,10 @@ async def _tail_broker_events(args: argparse.Namespace, engine: str, url: str, p
     import redis.asyncio as aioredis
     from redis.exceptions import RedisError
 
-    from sockway.brokers.redis import TRUE, parse_options
+    from sockway.brokers.redis import events_key, parse_options
 
     bare, options = parse_options(url)
-    events = options["events"]
-    key = events if events and events.lower() not in (*TRUE, "0", "off", "false", "no") else f"{prefix}:events"
+    key = events_key(options) or f"{prefix}:events"  # where the nodes write when events are on
     client = aioredis.from_url(bare, socket_connect_timeout=2)
 
     async def read() -> None:
