@@ -59,7 +59,7 @@ def _answer(raw: bytes) -> dict:
     return body["result"]
 
 
-async def _quiet(exc: Exception) -> None:
+async def quiet_errors(exc: Exception) -> None:
     """nats-py prints every connection error with a traceback; callers get them as
     exceptions instead."""
 
@@ -75,7 +75,7 @@ class NatsCommands:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self._nc = self._call(nats.connect(url, connect_timeout=timeout, error_cb=_quiet,
+        self._nc = self._call(nats.connect(url, connect_timeout=timeout, error_cb=quiet_errors,
                                            max_reconnect_attempts=2))
 
     def _call(self, coro: Any) -> Any:

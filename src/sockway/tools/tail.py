@@ -292,11 +292,11 @@ async def _tail_broker_events(args: argparse.Namespace, engine: str, url: str, p
     if engine == "nats":
         import nats
 
-        from sockway.app_nats import _quiet
+        from sockway.app_nats import quiet_errors
         from sockway.brokers.nats import NETWORK_ERRORS
 
         try:
-            nc = await asyncio.wait_for(nats.connect(url.split("?")[0], connect_timeout=2, error_cb=_quiet,
+            nc = await asyncio.wait_for(nats.connect(url.split("?")[0], connect_timeout=2, error_cb=quiet_errors,
                                                      max_reconnect_attempts=2), 10)
         except (*NETWORK_ERRORS, nats.errors.NoServersError) as exc:
             print(f"sockway tail: cannot reach NATS at {url}: {exc or type(exc).__name__}", file=sys.stderr)
