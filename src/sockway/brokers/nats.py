@@ -623,11 +623,11 @@ class NatsBroker(Broker):
         batch: list[_Queued] = []
         try:
             while items:
-                batch, policy = self._take(items)
+                batch = self._take(items)
                 if not batch:
                     continue
                 try:
-                    first, epoch = await self._append_batch(channel, policy, [item[0] for item in batch])
+                    first, epoch = await self._append_batch(channel, batch[0][4], [item[0] for item in batch])
                 except Exception as exc:
                     for item in batch:
                         if not item[5].done():
@@ -648,26 +648,25 @@ class NatsBroker(Broker):
             if self._outboxes.get(channel) is outbox:
                 del self._outboxes[channel]
 
-    def _take(self, items: collections.deque[_Queued]) -> tuple[list[_Queued], HistoryPolicy]:
+    def _take(self, items: collections.deque[_Queued]) -> list[_Queued]:
         """The next batch: the oldest queued publications with the same history policy,
-        up to :attr:`batch` of them and :data:`BATCH_BYTES` of bodies (at least one)."""
+        up to :attr:`batch` of them and :data:`BATCH_BYTES` of bodies (at least one,
+        unless every caller gave up)."""
         limit = BATCH_BYTES
         if self.nc is not None:
             limit = min(limit, max(1024, self.nc.max_payload // 2))
         batch: list[_Queued] = []
-        policy = items[0][4]
         size = 0
         while items and len(batch) < self.batch:
             item = items[0]
             if item[5].done():  # its caller gave up before it was appended
                 items.popleft()
                 continue
-            if batch and (item[4] != policy or size + len(item[0]) > limit):
+            if batch and (item[4] != batch[0][4] or size + len(item[0]) > limit):
                 break
             batch.append(items.popleft())
-            policy = item[4]
             size += len(item[0]) + 3
-        return batch, policy
+        return batch
 
     async def _append_batch(self, channel: str, policy: HistoryPolicy, bodies: list[bytes]) -> tuple[int, str]:
         """Append ``bodies`` with the next offsets (one message), then send the message on
