@@ -328,3 +328,30 @@ async def test_first_fan_out_messages_out_of_order(nats_server):
         reader._on_channel_message(channel, b'p{"s":%d,' % first[0] + message1[1:])
         await eventually(lambda: len(got) >= 2, timeout=10)
         assert got == [first[1], second[1]] == [1, 2]
+
+
+@run(60)
+async def test_nodes_starting_together_share_streams_and_buckets(nats_server):
+    """Nodes that make the same history stream, presence and sessions buckets and events
+    stream at the same moment all end up using the one JetStream made: the creates that
+    lose the race (answered "subjects overlap" or "name in use") join the winner's."""
+    from sockway.brokers.base import HistoryPolicy
+    from sockway.brokers.nats import NatsBroker
+
+    policy = HistoryPolicy(size=10)
+    for round_ in range(10):
+        prefix = unique("race").replace("-", "")
+        engines = [NatsBroker(f"{nats_server.url}?commands=off&prefix={prefix}") for _ in range(6)]
+        for engine in engines:
+            await engine.start()
+        try:
+            made = await asyncio.gather(*(make() for engine in engines for make in (
+                engine._sessions_bucket, engine._bucket, lambda e=engine: e._stream("room", policy)) * 2))
+            streams = {m for m in made if isinstance(m, tuple)}
+            assert len(streams) == 1, (round_, streams)
+            await made[0].put("k", b"v")  # one sessions bucket, seen by every node
+            for engine in engines:
+                assert (await (await engine._sessions_bucket()).get("k")).value == b"v"
+        finally:
+            for engine in engines:
+                await engine.stop()

@@ -86,7 +86,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -122,6 +122,37 @@ if TYPE_CHECKING:
 __all__ = ["NatsBroker", "NatsEventStream"]
 
 log = logging.getLogger("sockway.nats")
+
+
+# Stream creation shared by nodes. JetStream answers a create that loses a race with another
+# node's create of the same stream with 10065 ("subjects overlap with an existing stream")
+# while the winner's stream is being made, and with 10058 ("stream name already in use") when
+# it exists with another configuration (another node's size or TTL settings). Both mean: use
+# the stream that is there. 10065 can also mean a different stream owns those subjects; then
+# the lookup keeps failing and the error is raised.
+JOINABLE = (10058, 10065)
+
+
+async def create_or_join(create: Callable[[], Awaitable[Any]], lookup: Callable[[], Awaitable[Any]],
+                         what: str) -> Any:
+    """Create a stream (or KV bucket) or, if another node has made or is making it, use
+    that one: five lookups over about a second before the create's error is raised."""
+    try:
+        return await create()
+    except APIError as exc:
+        if exc.err_code not in JOINABLE:
+            raise
+        failure = exc
+    for attempt in range(5):
+        try:
+            found = await lookup()
+        except NotFoundError:
+            await asyncio.sleep(0.05 * 2 ** attempt)
+            continue
+        if failure.err_code == 10058:
+            log.warning("%s exists with another configuration; using it as it is", what)
+        return found
+    raise failure
 
 OPTIONS = {
     "prefix": "sockway",
@@ -529,11 +560,8 @@ class NatsBroker(Broker):
                 name=stream, subjects=[f"{self.prefix}.h.{stream[len(self.upper) + 3:]}.>"],
                 max_msgs_per_subject=policy.size + 1, max_age=policy.ttl or self.meta_ttl,
                 storage=js_api.StorageType.FILE, discard=js_api.DiscardPolicy.OLD, allow_direct=True)
-            try:
-                await self.js.add_stream(config)
-            except APIError as exc:
-                if exc.err_code != 10058:  # "stream name already in use" with another config
-                    raise
+            await create_or_join(lambda: self.js.add_stream(config), lambda: self.js.stream_info(stream),
+                                 f"history stream {stream}")
             self._streams.add(stream)
         return stream, subject
 
@@ -804,15 +832,9 @@ class NatsBroker(Broker):
     async def _bucket(self) -> Any:
         if self.kv is None:
             bucket = f"{self.upper}_PRESENCE"
-            try:
-                self.kv = await self.js.create_key_value(bucket=bucket, ttl=self.presence_ttl, history=1)
-            except APIError as exc:
-                if exc.err_code != 10058:
-                    raise
-                # Made by a node with another presence_ttl: use it as it is.
-                log.warning("KV bucket %s exists with another configuration (presence_ttl?); using it",
-                            bucket)
-                self.kv = await self.js.key_value(bucket)
+            self.kv = await create_or_join(
+                lambda: self.js.create_key_value(bucket=bucket, ttl=self.presence_ttl, history=1),
+                lambda: self.js.key_value(bucket), f"KV bucket {bucket} (presence_ttl?)")
         return self.kv
 
     def presence_join(self, channel: str, conn_id: str, info: dict) -> None:
@@ -971,13 +993,9 @@ class NatsBroker(Broker):
     async def _sessions_bucket(self) -> Any:
         if self.skv is None:
             bucket = f"{self.upper}_SESSIONS"
-            try:
-                self.skv = await self.js.create_key_value(bucket=bucket, ttl=self.session_ttl, history=1)
-            except APIError as exc:
-                if exc.err_code != 10058:
-                    raise
-                log.warning("KV bucket %s exists with another configuration (session_ttl?); using it", bucket)
-                self.skv = await self.js.key_value(bucket)
+            self.skv = await create_or_join(
+                lambda: self.js.create_key_value(bucket=bucket, ttl=self.session_ttl, history=1),
+                lambda: self.js.key_value(bucket), f"KV bucket {bucket} (session_ttl?)")
         return self.skv
 
     def session_claim(self, key: str) -> Awaitable[str]:
@@ -1169,11 +1187,8 @@ class NatsEventStream:
     async def _ensure(self) -> None:
         config = js_api.StreamConfig(name=self.stream, subjects=[self.subject], max_msgs=self.maxlen,
                                      storage=js_api.StorageType.FILE, discard=js_api.DiscardPolicy.OLD)
-        try:
-            await self.broker.js.add_stream(config)
-        except APIError as exc:
-            if exc.err_code != 10058:
-                raise
+        await create_or_join(lambda: self.broker.js.add_stream(config),
+                             lambda: self.broker.js.stream_info(self.stream), f"events stream {self.stream}")
 
     async def _run(self) -> None:
         backoff = 0.1
