@@ -58,6 +58,27 @@ def test_two_tcp_clients_and_a_subscriber(demo: DemoGateway) -> None:
         b.close()
 
 
+def test_a_burst_is_written_as_one_block(demo: DemoGateway) -> None:
+    """100 publications made in one request reach each TCP client in order, written
+    through the hub's coalescer: a few writes per client, not one per line."""
+    clients = [LineClient(demo.tunnel_port) for _ in range(2)]
+    api = Client(demo.url, demo.key)
+    try:
+        for client in clients:
+            welcome(client)
+        mark = uuid.uuid4().hex[:6]
+        before = api.stats()["coalescer"]["writes"]
+        api.commands([{"op": "publish", "channel": "tunnel", "data": f"{mark} {n}"} for n in range(100)])
+        for client in clients:
+            assert client.until(lambda line: line.startswith(mark)) == f"{mark} 0"
+            assert [client.line() for _ in range(99)] == [f"{mark} {n}" for n in range(1, 100)]
+        writes = api.stats()["coalescer"]["writes"] - before
+        assert 2 <= writes <= 10, writes
+    finally:
+        for client in clients:
+            client.close()
+
+
 def test_line_too_long(demo: DemoGateway) -> None:
     client = LineClient(demo.tunnel_port)
     try:
@@ -77,6 +98,7 @@ def test_slow_reader_is_disconnected(demo: DemoGateway) -> None:
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the gateway's buffer fills
     slow.connect(("127.0.0.1", demo.tunnel_port))
     api = Client(demo.url, demo.key)
+    slow_before = api.stats()["slow_consumers"]
     payload = "y" * 16_000
     published = 0
     try:
@@ -101,6 +123,7 @@ def test_slow_reader_is_disconnected(demo: DemoGateway) -> None:
         else:
             raise AssertionError("the slow client was never disconnected")
         assert received < published / 2, (received, published)
+        assert api.stats()["slow_consumers"] == slow_before + 1  # counted like a WebSocket's 4008
     finally:
         slow.close()
     # The tunnel still serves others.

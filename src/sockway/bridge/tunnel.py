@@ -5,7 +5,9 @@ Each TCP client is a hub connection (transport ``tcp``) of a pseudo-endpoint
 ``/tcp/<port>`` in a mode of its own: every line it sends is published to the channel
 as ``{"from": "tcp <address>", "text": line}``; it is subscribed to the channel and
 receives every publication as one line (``[from] text`` for such objects, the data
-itself for strings, JSON otherwise). Its own lines come back to it too, like everyone
+itself for strings, JSON otherwise). Like every other connection it is written once per
+loop iteration through the hub's coalescer, and the block of lines is made once for all
+the tunnel's clients. Its own lines come back to it too, like everyone
 else's: the channel is the conversation.
 
 A TCP client that stops reading is a slow consumer like any other: once more than the
@@ -75,7 +77,8 @@ class TcpLineConnection(Connection, asyncio.Protocol):
     """One TCP client. It takes the SockJS encoding of messages (a JSON string, shared
     with every SockJS recipient of the same publication) and turns it into a line."""
 
-    __slots__ = ("_buffer", "_close_code", "_close_reason", "_closed", "_max", "_max_buffer", "_transport")
+    __slots__ = ("_buffer", "_close_code", "_close_reason", "_closed", "_max", "_max_buffer", "_pending",
+                 "_pending_bytes", "_transport")
     transport_name: ClassVar[str] = "tcp"
     encoding_key = SOCKJS
 
@@ -87,6 +90,8 @@ class TcpLineConnection(Connection, asyncio.Protocol):
         self._close_reason = ""
         self._max = max_line
         self._max_buffer = endpoint.config.max_buffer
+        self._pending: list[bytes] = []  # SockJS-encoded publications, written at the next flush
+        self._pending_bytes = 0
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -119,29 +124,49 @@ class TcpLineConnection(Connection, asyncio.Protocol):
     def push(self, encoded: bytes) -> None:
         if self._closed or self._transport is None:
             return
-        line = line_for(loads(encoded)).encode() + b"\n"
-        if self._transport.get_write_buffer_size() + len(line) > self._max_buffer:
+        if self._pending_bytes + len(encoded) + self._transport.get_write_buffer_size() > self._max_buffer:
             log.info("%s: over %d bytes wait for this TCP client, disconnecting it", self.remote, self._max_buffer)
+            self.endpoint.hub.stats.slow_consumers += 1
+            self._pending = []
+            self._pending_bytes = 0
             self._closed = True
             self._close_code, self._close_reason = closecodes.SLOW_CONSUMER, "slow consumer: outgoing buffer full"
             self._transport.abort()  # what waits for it is dropped
             return
-        self.endpoint.bytes_out += len(line)
+        if not self._pending:
+            self.endpoint.hub.coalescer.mark(self)
+        self._pending.append(encoded)
+        self._pending_bytes += len(encoded)
+
+    def flush(self, cache: dict) -> None:
+        """Write what came this loop iteration as one block of lines. Every tunnel client
+        given the same publications gets the same block: it is made once (``cache`` lives
+        for one flush of the hub's coalescer)."""
+        pending, self._pending = self._pending, []
+        self._pending_bytes = 0
+        if not pending or self._closed or self._transport is None:
+            return
+        key = ("tcp-lines", pending[0] if len(pending) == 1 else tuple(pending))
+        block = cache.get(key)
+        if block is None:
+            lines = [line_for(loads(encoded)) for encoded in pending]
+            block = cache[key] = ("\n".join(lines) + "\n").encode(), lines
+        data, lines = block
+        self.endpoint.bytes_out += len(data)
         if TRACER.active:
-            TRACER.record(self, "out", "tcp-line", line[:-1])
-        self._transport.write(line)
+            for line in lines:
+                TRACER.record(self, "out", "tcp-line", line.encode())
+        self._transport.write(data)
 
     def close(self, code: int = closecodes.NORMAL, reason: str = "") -> None:
         if self._closed or self._transport is None:
             return
+        self.flush({})
         self._closed = True
         self._close_code, self._close_reason = code, reason
         if reason:
             self._transport.write(f"* closed: {reason}\n".encode())
         self._transport.close()
-
-    def flush(self, cache: dict) -> None:
-        pass
 
     @property
     def is_open(self) -> bool:
