@@ -355,3 +355,36 @@ async def test_nodes_starting_together_share_streams_and_buckets(nats_server):
         finally:
             for engine in engines:
                 await engine.stop()
+
+
+@run(60)
+async def test_a_storm_of_history_reads_walks_the_stream_once(nats_server):
+    """200 clients recovering on one channel at once (a node went away and they all
+    resubscribed here) share one walk of the channel's stream, and each gets exactly
+    what it missed."""
+    from sockway.brokers.base import HistoryPolicy, StreamPosition, resolve
+
+    async with two_engines(nats_server.url) as (publisher, node):
+        channel = unique("storm")
+        policy = HistoryPolicy(size=100)
+        for n in range(60):
+            pub = await resolve(publisher.publish(channel, {"n": n}, policy))
+        await resolve(node.interest(channel, True))
+        gets = 0
+        get_msg = node.js.get_msg
+
+        async def counted(*args, **kwargs):
+            nonlocal gets
+            gets += 1
+            return await get_msg(*args, **kwargs)
+
+        node.js.get_msg = counted
+        walks = node.stats["history_walks"]
+        sinces = [StreamPosition(k % 50, pub.epoch) for k in range(200)]
+        results = await asyncio.gather(*(resolve(node.history(channel, policy, since)) for since in sinces))
+        for since, result in zip(sinces, results, strict=True):
+            assert result.recovered
+            assert [p.offset for p in result.publications] == list(range(since.offset + 1, 61))
+        # One head read per request, and 61 direct gets per walk (60 messages, then "none").
+        assert 1 <= node.stats["history_walks"] - walks <= 3, dict(node.stats)
+        assert gets <= 200 + 3 * 61, gets

@@ -248,6 +248,7 @@ class NatsBroker(Broker):
         self._outboxes: dict[str, _Outbox] = {}
         self._heads: collections.OrderedDict[str, _Head] = collections.OrderedDict()
         self._streams: set[str] = set()
+        self._walks: dict[tuple[str, str, int], asyncio.Future[list[tuple[Publication, int]]]] = {}
         self._members: dict[str, dict[str, bytes]] = {}
         self._known: dict[str, set[str]] = {}
         self._presence_ops: asyncio.Queue[tuple[str, str, str, bytes]] = asyncio.Queue()
@@ -594,6 +595,27 @@ class NatsBroker(Broker):
             seq += 1
         return out
 
+    def _shared_walk(self, stream: str, subject: str, channel: str,
+                     until_seq: int) -> Awaitable[list[tuple[Publication, int]]]:
+        """The subject's whole history up to ``until_seq``, read once for every history
+        request that finds the same head while the read is in flight: after a node goes
+        away, its clients resubscribe elsewhere all at once, and N of them on one channel
+        cost one walk (``size + 1`` round trips) instead of N. What a stream holds up to a
+        sequence does not change (only expires), so sharing the answer is safe."""
+        key = (stream, channel, until_seq)
+        walk = self._walks.get(key)
+        if walk is None:
+            walk = self._walks[key] = asyncio.ensure_future(self._walk(stream, subject, channel, 0, until_seq))
+            self.stats["history_walks"] += 1
+
+            def done(task: asyncio.Future) -> None:
+                self._walks.pop(key, None)
+                if not task.cancelled():
+                    task.exception()  # retrieved here: every waiter may have gone
+
+            walk.add_done_callback(done)
+        return asyncio.shield(walk)
+
     async def _append(self, stream: str, subject: str, head: _Head | None, bodies: list[bytes] | None,
                       marker_epoch: str | None = None) -> tuple[_Head, bytes] | None:
         """Append after ``head`` (None: the subject is empty); None if another writer was
@@ -780,7 +802,7 @@ class NatsBroker(Broker):
                 self._floor[channel] = (head[1], head[2], head[0])
             wanted = policy.size and not (since is None and limit == 0) and not (
                 since is not None and (since.epoch != head[2] or since.offset >= head[1]))
-            items = await self._walk(stream, subject, channel, 0, head[0]) if wanted else []
+            items = await self._shared_walk(stream, subject, channel, head[0]) if wanted else []
         except (APIError, *NETWORK_ERRORS) as exc:
             raise _unavailable(exc) from None
         items = [(p, seq) for p, seq in items if p.epoch == head[2]]
