@@ -53,6 +53,14 @@ def test_endpoint_defaults_and_flag_endpoints(tmp_path):
         ("[servers]\n", "unknown table(s) servers"),
         ("[server\n", "config file"),
         ("[server]\ncert = 'a.pem'\n", "needs both cert and key"),
+        ("[broker]\nurl = 'foo://x'\n", "[broker] url: unknown broker 'foo://x'"),
+        ("[broker]\nurl = 'nats://127.0.0.1:4222?batch=abc'\n", "option batch must be a whole number"),
+        ("[broker]\nurl = 'nats://127.0.0.1:4222?bach=10'\n", "option 'bach' is unknown"),
+        ("[broker]\nurl = 'redis://127.0.0.1:6379/0?presence_tll=10'\n", "option 'presence_tll' is unknown"),
+        ("[broker]\nurl = 'redis://127.0.0.1:6379/0?timeout=0'\n", "option timeout must be a positive number"),
+        ("[broker]\nurl = 'redis://127.0.0.1:6379/0?sessions=maybe'\n", "option sessions must be on or off"),
+        ("[broker]\nurl = 'nats://127.0.0.1:4222?prefix=a.>'\n", "option prefix must be a word"),
+        ("[broker]\nurl = 'nats://127.0.0.1:4222?events=mine'\n", "option events takes on or off with NATS"),
     ],
 )
 def test_config_errors_say_what_to_change(tmp_path, text, message):
@@ -82,12 +90,39 @@ def test_help_and_version():
         (["serve", "--endpoint", "/chat"], "PREFIX=MODE"),
         (["serve", "--endpoint", "/chat=nosuchmode"], "unknown mode 'nosuchmode'"),
         (["serve", "--port", "99999"], "not between"),
+        (["publish", "--redis", "redis://127.0.0.1:6379/0?bogus=1", "room", "hi"],
+         "--redis redis://127.0.0.1:6379/0?bogus=1: option 'bogus' is unknown"),
+        (["tail", "channel", "room", "--nats", "nats://127.0.0.1:4222?timeout=-1"],
+         "option timeout must be a positive number of seconds, not '-1'"),
     ],
 )
 def test_cli_errors_exit_nonzero_with_a_message(args, message):
     result = run_cli(*args)
     assert result.returncode == 2
     assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_broker_url_from_the_environment_is_a_configuration_error():
+    import os
+
+    result = subprocess.run([sys.executable, "-m", "sockway", "serve", "--port", "0"], capture_output=True,
+                            text=True, timeout=20, cwd=ROOT, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "SOCKWAY_BROKER_URL": "nats://127.0.0.1:4222?batch=abc"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("sockway: configuration error: [broker] url: option batch must be a whole "
+                                     "number of at least 1, not 'abc'")
+
+
+@pytest.mark.parametrize("url", [
+    "memory://", "redis://127.0.0.1:6379/0", "rediss://h:6380/1?ssl_cert_reqs=none&prefix=app:rt",
+    "unix:///run/redis.sock?db=2&events=app:events", "nats://127.0.0.1:4222?batch=1&events=on&prefix=app.rt",
+    "tls://h:4222?session_ttl=7.5&commands=off", "redis://h/0?socket_keepalive=true&health_check_interval=5",
+])
+def test_broker_urls_users_write_are_accepted(url):
+    from sockway.brokers.urls import check_broker_url
+
+    check_broker_url(url)
 
 
 def test_port_in_use_is_explained():

@@ -245,6 +245,14 @@ class BrokerConfig:
     """memory:// (embedded, one process, the default), redis://host:6379/0 (also rediss://,
     unix://) or nats://host:4222 (with JetStream): see docs/brokers.md."""
 
+    def __post_init__(self) -> None:
+        from sockway.brokers.urls import check_broker_url
+
+        try:
+            check_broker_url(self.url)
+        except ValueError as exc:
+            raise ConfigError(f"[broker] url: {exc}") from None
+
 
 @dataclass
 class ServerConfig:

@@ -13,6 +13,7 @@ from sockway.brokers.base import (
     Publication,
     StreamPosition,
 )
+from sockway.brokers.urls import check_broker_url, engine_of
 
 __all__ = ["Broker", "BrokerUnavailable", "HistoryPolicy", "HistoryResult", "Publication",
            "StreamPosition", "create_broker"]
@@ -20,17 +21,19 @@ __all__ = ["Broker", "BrokerUnavailable", "HistoryPolicy", "HistoryResult", "Pub
 
 def create_broker(url: str | None) -> Broker:
     """A broker from its URL: ``memory://`` (default), ``redis://host:port/db`` (or
-    ``rediss://``, ``unix://``), ``nats://host:port``. See docs/brokers.md."""
-    if not url or url.startswith("memory:"):
+    ``rediss://``, ``unix://``), ``nats://host:port``. See docs/brokers.md. A ValueError
+    says what is wrong with the URL."""
+    check_broker_url(url)
+    engine = engine_of(url)
+    if engine == "memory":
         from sockway.brokers.memory import MemoryBroker
 
         return MemoryBroker()
-    if url.startswith(("redis:", "rediss:", "unix:")):
+    assert url is not None
+    if engine == "redis":
         from sockway.brokers.redis import RedisBroker
 
         return RedisBroker(url)
-    if url.startswith(("nats:", "tls:")):
-        from sockway.brokers.nats import NatsBroker
+    from sockway.brokers.nats import NatsBroker
 
-        return NatsBroker(url)
-    raise ValueError(f"unknown broker {url!r}; use memory://, redis://host:port/db or nats://host:port")
+    return NatsBroker(url)

@@ -88,7 +88,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import nats
 import nats.errors
@@ -105,6 +105,7 @@ from sockway.brokers.base import (
     new_epoch,
     wait_subscribed,
 )
+from sockway.brokers.urls import FALSE, TRUE, split_options
 from sockway.brokers.wire import (
     batch_message,
     decode_json,
@@ -154,20 +155,6 @@ async def create_or_join(create: Callable[[], Awaitable[Any]], lookup: Callable[
         return found
     raise failure
 
-OPTIONS = {
-    "prefix": "sockway",
-    "presence_ttl": "30",
-    "meta_ttl": "604800",
-    "events": "",
-    "events_maxlen": "100000",
-    "commands": "on",
-    "sessions": "on",
-    "session_ttl": "30",
-    "connect_timeout": "2",
-    "timeout": "5",
-    "batch": "500",
-}
-TRUE = ("1", "on", "true", "yes")
 EXPECTED = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST_SEQUENCE = 10071
 PART = "Sw-Part"
@@ -212,14 +199,7 @@ class NatsBroker(Broker):
     def __init__(self, url: str) -> None:
         super().__init__()
         parts = urlsplit(url)
-        self.options = dict(OPTIONS)
-        rest = []
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key in OPTIONS:
-                self.options[key] = value
-            else:
-                rest.append((key, value))
-        self.url = urlunsplit(parts._replace(query=urlencode(rest)))
+        self.url, self.options = split_options(url)
         self.where = f"{parts.hostname}:{parts.port or 4222}"
         """Host and port, without credentials: what logs and stats show."""
         self.prefix = self.options["prefix"]
@@ -1171,7 +1151,7 @@ class NatsBroker(Broker):
 
     def app_bridges(self, hub: Any) -> list:
         events = self.options["events"]
-        if not events or events.lower() in ("0", "off", "false", "no"):
+        if not events or events.lower() in FALSE:
             return []
         return [NatsEventStream(self, hub.events.add_queue("nats"), int(self.options["events_maxlen"]))]
 

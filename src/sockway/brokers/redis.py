@@ -81,7 +81,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
@@ -100,6 +100,7 @@ from sockway.brokers.base import (
     new_epoch,
     wait_subscribed,
 )
+from sockway.brokers.urls import FALSE, TRUE, split_options
 from sockway.brokers.wire import decode_json, decode_publication, publication_body
 from sockway.jsonutil import dumps
 
@@ -110,18 +111,6 @@ __all__ = ["RedisBroker", "RedisEventStream", "parse_options"]
 
 log = logging.getLogger("sockway.redis")
 
-OPTIONS = {
-    "prefix": "sockway",
-    "presence_ttl": "30",
-    "meta_ttl": "604800",
-    "events": "",
-    "events_maxlen": "100000",
-    "commands": "on",
-    "sessions": "on",
-    "session_ttl": "30",
-    "connect_timeout": "2",
-    "timeout": "5",
-}
 
 BATCH = 500
 """Queued writes sent in one pipeline at most."""
@@ -130,27 +119,17 @@ LEASE_MS = 3000
 """How long the node that reads the pub/sub command channel holds that role without
 renewing it (renewed every second)."""
 
-TRUE = ("1", "on", "true", "yes")
-
-
 def parse_options(url: str) -> tuple[str, dict[str, str]]:
-    """Split the engine's options off the URL's query string."""
-    parts = urlsplit(url)
-    options = dict(OPTIONS)
-    rest = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key in OPTIONS:
-            options[key] = value
-        else:
-            rest.append((key, value))
-    return urlunsplit(parts._replace(query=urlencode(rest))), options
+    """Split the engine's options off the URL's query string (checked by the
+    configuration: :func:`sockway.brokers.urls.check_broker_url`)."""
+    return split_options(url)
 
 
 def events_key(options: dict[str, str]) -> str | None:
     """The stream application events go to, from the engine's options: ``events=on``
     gives ``<prefix>:events``, ``events=<key>`` that key; None when events are off."""
     events = options["events"]
-    if not events or events.lower() in ("0", "off", "false", "no"):
+    if not events or events.lower() in FALSE:
         return None
     return f"{options['prefix']}:events" if events.lower() in TRUE else events
 

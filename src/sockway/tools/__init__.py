@@ -23,11 +23,17 @@ def broker_target(args) -> tuple[str, str, str]:
     """For ``--redis URL`` or ``--nats URL`` (a cluster's ``[broker] url`` as configured):
     the engine ("redis" or "nats"), the URL as given, and its ``prefix`` (default
     "sockway"). A ValueError says what is wrong with the URL."""
-    from urllib.parse import parse_qs, urlsplit
+    from sockway.brokers.urls import check_broker_url, engine_of, split_options
 
     engine, url = ("nats", args.nats) if args.nats else ("redis", args.redis)
-    schemes = ("nats", "tls") if engine == "nats" else ("redis", "rediss", "unix")
-    parts = urlsplit(url)
-    if parts.scheme not in schemes:
-        raise ValueError(f"--{engine} takes a {schemes[0]}:// URL, got {url!r}")
-    return engine, url, parse_qs(parts.query).get("prefix", ["sockway"])[0]
+    try:
+        named = engine_of(url)
+    except ValueError:
+        named = None
+    if named != engine:
+        raise ValueError(f"--{engine} takes a {engine}:// URL, got {url!r}")
+    try:
+        check_broker_url(url)
+    except ValueError as exc:
+        raise ValueError(f"--{engine} {url}: {exc}") from None
+    return engine, url, split_options(url)[1]["prefix"]
