@@ -34,6 +34,15 @@ class ConfigError(ValueError):
     """A configuration problem, with a message that says what to change."""
 
 
+def _at_least(section: object, where: str, minimum: float, *names: str) -> None:
+    """Every named number of ``section`` is ``minimum`` or more, or a ConfigError says which."""
+    for name in names:
+        value = getattr(section, name)
+        if value < minimum:
+            need = "must not be negative" if minimum == 0 else f"must be at least {minimum}"
+            raise ConfigError(f"{where}: {name} {need} (got {value})")
+
+
 @dataclass
 class EndpointConfig:
     prefix: str
@@ -108,12 +117,9 @@ class EndpointConfig:
             raise ConfigError("endpoint prefix '/' is reserved for the index page")
         if not 9 <= self.deflate_window_bits <= 15:
             raise ConfigError("deflate_window_bits must be between 9 and 15")
-        for name in ("history", "max_message_size", "response_limit", "max_buffer",
-                     "max_session_queue", "max_connections", "compress_threshold"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"endpoint {self.prefix}: {name} must not be negative")
-        if self.rate_limit < 0:
-            raise ConfigError(f"endpoint {self.prefix}: rate_limit must not be negative")
+        where = f"endpoint {self.prefix}"
+        _at_least(self, where, 0, "history", "max_connections", "compress_threshold", "rate_limit", "rate_burst")
+        _at_least(self, where, 1, "max_message_size", "response_limit", "max_buffer", "max_session_queue")
         for name in ("heartbeat_delay", "disconnect_delay", "close_timeout", "ping_timeout",
                      "auth_timeout"):
             if getattr(self, name) <= 0:
@@ -160,6 +166,8 @@ class NamespaceConfig:
             raise ConfigError(f"namespace name {self.name!r} must not contain ':'")
         if self.join_leave and not self.presence:
             raise ConfigError(f"namespace {self.name!r}: join_leave needs presence = true")
+        _at_least(self, f"namespace {self.name!r}", 0, "history_size", "history_ttl")
+        _at_least(self, f"namespace {self.name!r}", 1, "max_data_size")
 
 
 @dataclass
@@ -180,6 +188,9 @@ class AuthConfig:
     leeway: float = 5.0
     """Seconds of clock skew tolerated on exp/nbf."""
 
+    def __post_init__(self) -> None:
+        _at_least(self, "[auth]", 0, "leeway")
+
 
 @dataclass
 class ZmqConfig:
@@ -195,7 +206,10 @@ class ZmqConfig:
     """Where a plain message that is not a command goes: "channel:<name>" or
     "endpoint:<prefix>" (a broadcast endpoint)."""
     hwm: int = 100_000
-    """High-water mark of each socket (messages)."""
+    """High-water mark of each socket (messages; 0: ZeroMQ's "no limit")."""
+
+    def __post_init__(self) -> None:
+        _at_least(self, "[zeromq]", 0, "hwm")
 
 
 @dataclass
@@ -205,6 +219,8 @@ class WebhookConfig:
     secret: str | None = None
     """HMAC-SHA256 key of the X-Sockway-Signature header."""
     timeout: float = 5.0
+    """Seconds one POST may take (connecting, sending, and reading the answer) before
+    it counts as failed and is retried."""
     batch_size: int = 100
     """Events per request at most."""
     max_retries: int = 8
@@ -218,6 +234,8 @@ class WebhookConfig:
                               f"(got {self.max_retries})")
         if self.batch_size < 1:
             raise ConfigError(f"[webhook] batch_size must be at least 1 (got {self.batch_size})")
+        if not self.timeout > 0:
+            raise ConfigError(f"[webhook] timeout must be a positive number of seconds (got {self.timeout})")
 
 
 @dataclass
@@ -237,6 +255,7 @@ class TunnelConfig:
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError(f"[[tunnel]] listen must be host:port, like \"127.0.0.1:7070\" (got {self.listen!r})")
+        _at_least(self, f"[[tunnel]] {self.listen}", 1, "max_line")
 
 
 @dataclass
@@ -334,8 +353,11 @@ class ServerConfig:
             raise ConfigError(f"endpoint prefix declared twice: {', '.join(sorted(dupes))}")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format must be text or json")
-        if self.socket_send_buffer < 0:
-            raise ConfigError("socket_send_buffer must not be negative")
+        _at_least(self, "[server]", 0, "socket_send_buffer", "shutdown_timeout", "worker_ports")
+        _at_least(self, "[server]", 1, "max_connections", "event_queue_size")
+        if not self.sweep_interval > 0:
+            raise ConfigError(f"[server]: sweep_interval must be a positive number of seconds "
+                              f"(got {self.sweep_interval})")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level must be one of debug, info, warning, error")
 
