@@ -333,7 +333,7 @@ def test_exit_1_no_such_endpoint(gw: CliGateway, target: str) -> None:
     (["ftp://127.0.0.1/echo"], "unsupported URL"),
     (["ws://127.0.0.1:1/x", "-H", "no colon here"], "--header takes 'Name: value'"),
     (["http://127.0.0.1:1/x", "--transport", "carrier-pigeon"], "invalid choice"),
-    (["ws://127.0.0.1:1/x", "--count", "many"], "invalid int value"),
+    (["ws://127.0.0.1:1/x", "--count", "many"], "not a whole number: 'many'"),
     ([], "the following arguments are required: url"),
 ])
 def test_exit_2_usage(args: list[str], message: str) -> None:

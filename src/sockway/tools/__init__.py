@@ -4,7 +4,34 @@
 import os
 import sys
 
-__all__ = ["broker_target", "reader_gone"]
+__all__ = ["broker_target", "positive_int", "positive_seconds", "reader_gone"]
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (``--count``)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds (``--timeout``)."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
 
 
 def reader_gone() -> int:

@@ -28,7 +28,7 @@ import threading
 import time
 
 from sockway.client import TRANSPORTS, Closed, connect
-from sockway.tools import reader_gone
+from sockway.tools import positive_int, positive_seconds, reader_gone
 
 __all__ = ["add_parser", "run"]
 
@@ -68,8 +68,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--token", help="JWT appended to the URL as ?token=")
     p.add_argument("--jsonl", action="store_true", help="JSON lines with timestamps and directions")
     p.add_argument("--no-input", action="store_true", help="do not read stdin; just print messages")
-    p.add_argument("--count", "-n", type=int, help="exit after receiving this many messages")
-    p.add_argument("--timeout", type=float, help="exit (status 0) after this many seconds")
+    p.add_argument("--count", "-n", type=positive_int, help="exit after receiving this many messages")
+    p.add_argument("--timeout", type=positive_seconds, help="exit (status 0) after this many seconds")
     p.add_argument("--linger", type=float, default=1.0,
                    help="pipe mode: seconds to keep printing after stdin ends (default 1)")
     p.add_argument("--binary", action="store_true", help="send stdin lines as binary messages")

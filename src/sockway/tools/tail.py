@@ -29,7 +29,7 @@ import os
 import sys
 
 from sockway.client.sockjs import TRANSPORTS
-from sockway.tools import broker_target, reader_gone
+from sockway.tools import broker_target, positive_int, positive_seconds, reader_gone
 
 __all__ = ["add_parser", "run"]
 
@@ -55,8 +55,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="channel: SockJS transport for http URLs (default websocket)")
     p.add_argument("--token", help="JWT for the channels endpoint")
     p.add_argument("--since", metavar="OFFSET:EPOCH", help="channel: recover from this position first")
-    p.add_argument("--count", "-n", type=int, help="stop after this many items")
-    p.add_argument("--timeout", type=float, help="stop after this many seconds without an item")
+    p.add_argument("--count", "-n", type=positive_int, help="stop after this many items")
+    p.add_argument("--timeout", type=positive_seconds, help="stop after this many seconds without an item")
     return p
 
 

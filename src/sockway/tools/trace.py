@@ -28,7 +28,7 @@ import sys
 import time
 from urllib.parse import urlencode
 
-from sockway.tools import reader_gone
+from sockway.tools import positive_int, positive_seconds, reader_gone
 
 __all__ = ["add_parser", "run"]
 
@@ -49,8 +49,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--channel", help="only this channel's publications and its subscribers' frames")
     p.add_argument("--match", "-e", help="only payloads matching this regular expression")
     p.add_argument("--jsonl", action="store_true", help="JSON lines")
-    p.add_argument("--count", "-n", type=int, help="stop after this many records")
-    p.add_argument("--timeout", type=float, help="stop after this many seconds without a record")
+    p.add_argument("--count", "-n", type=positive_int, help="stop after this many records")
+    p.add_argument("--timeout", type=positive_seconds, help="stop after this many seconds without a record")
     return p
 
 
