@@ -159,8 +159,16 @@ async def test_not_found_and_conflict(gw):
         assert_error(status, body, 409, "not_enabled")
         status, body = await api.get("/api/presence?channel=nopres:x")
         assert_error(status, body, 409, "not_enabled")
-        status, body = await api.get("/api/nothing-here")
-        assert status == 404
+        # Anything else under /api/ is a JSON error too, not the web server's text page.
+        for path in ("/api/nothing-here", "/api/", "/api/publish/extra"):
+            for method in ("GET", "POST", "DELETE"):
+                status, body = await api.raw(method, path, b"{}")
+                assert_error(status, body, 404, "not_found")
+        for method, path, allow in [("GET", "/api/publish", "POST"), ("PUT", "/api/commands", "POST"),
+                                    ("POST", "/api/stats", "GET, HEAD"), ("DELETE", "/api/history", "GET, HEAD")]:
+            async with http.request(method, gw.url + path, headers=api.headers()) as r:
+                assert r.status == 405 and r.headers["Allow"] == allow, (method, path, r.status)
+                assert_error(r.status, await r.json(), 405, "method_not_allowed")
 
 
 @run(timeout=60)

@@ -134,13 +134,31 @@ class Api:
 
 def add_api_routes(app: web.Application, hub: Hub, key: str) -> None:
     api = Api(hub, key)
+    methods: dict[str, str] = {}
     for op in COMMAND_ROUTES:
         app.router.add_post(f"/api/{op}", api.command_handler(op))
-    app.router.add_get("/api/presence", api.command_handler("presence"))
-    app.router.add_get("/api/history", api.command_handler("history"))
+        methods[f"/api/{op}"] = "POST"
+    for path, handler in (("/api/presence", api.command_handler("presence")),
+                          ("/api/history", api.command_handler("history")),
+                          ("/api/stats", api.stats), ("/api/openapi.json", api.openapi)):
+        app.router.add_get(path, handler)
+        methods[path] = "GET, HEAD"
     app.router.add_post("/api/commands", api.commands)
-    app.router.add_get("/api/stats", api.stats)
-    app.router.add_get("/api/openapi.json", api.openapi)
+    methods["/api/commands"] = "POST"
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        """Any other method or path under /api/: a JSON error like every other API
+        answer (not the web server's plain-text page, nor a static file lookup)."""
+        allowed = methods.get(request.path)
+        if allowed is not None:
+            return _error(405, "method_not_allowed", f"{request.path} takes {allowed.split(',')[0]}, "
+                          f"not {request.method}", {"Allow": allowed})
+        return _error(404, "not_found", f"no API operation {request.path}: the operations are listed "
+                      "in /api/openapi.json")
+
+    # Registered after the operations: aiohttp tries resources in order, and a request whose
+    # path matched one with another method goes on to the next one.
+    app.router.add_route("*", "/api/{rest:.*}", elsewhere)
 
 
 # -- the OpenAPI description ----------------------------------------------------------------
