@@ -70,6 +70,9 @@ def test_endpoint_defaults_and_flag_endpoints(tmp_path):
         ("[broker]\nurl = 'redis://127.0.0.1:6379/0?sessions=maybe'\n", "option sessions must be on or off"),
         ("[broker]\nurl = 'nats://127.0.0.1:4222?prefix=a.>'\n", "option prefix must be a word"),
         ("[broker]\nurl = 'nats://127.0.0.1:4222?events=mine'\n", "option events takes on or off with NATS"),
+        ("[broker]\nurl = 'nats://127.0.0.1:4222?replicas=7'\n", "option replicas must be 1 to 5"),
+        ("[broker]\nurl = 'redis://127.0.0.1:6379/0?replicas=3'\n", "option replicas is for NATS"),
+        ("[broker]\nurl = 'nats://a:4222,b:x'\n", "'nats://b:x' is not a NATS server address"),
     ],
 )
 def test_config_errors_say_what_to_change(tmp_path, text, message):
@@ -131,6 +134,7 @@ def test_a_bad_broker_url_from_the_environment_is_a_configuration_error():
     "memory://", "redis://127.0.0.1:6379/0", "rediss://h:6380/1?ssl_cert_reqs=none&prefix=app:rt",
     "unix:///run/redis.sock?db=2&events=app:events", "nats://127.0.0.1:4222?batch=1&events=on&prefix=app.rt",
     "tls://h:4222?session_ttl=7.5&commands=off", "redis://h/0?socket_keepalive=true&health_check_interval=5",
+    "nats://a:4222,nats://b:4222,c:4222?replicas=3", "nats://u:p@a:4222,tls://b:4443",
 ])
 def test_broker_urls_users_write_are_accepted(url):
     from sockway.brokers.urls import check_broker_url

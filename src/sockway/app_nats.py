@@ -45,6 +45,7 @@ from nats.js import api as js_api
 from nats.js.errors import APIError, NotFoundError
 
 from sockway.app import GatewayError
+from sockway.brokers.urls import nats_servers
 
 __all__ = ["NatsCommands", "NatsWorker"]
 
@@ -75,7 +76,7 @@ class NatsCommands:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self._nc = self._call(nats.connect(url, connect_timeout=timeout, error_cb=quiet_errors,
+        self._nc = self._call(nats.connect(nats_servers(url), connect_timeout=timeout, error_cb=quiet_errors,
                                            max_reconnect_attempts=2))
 
     def _call(self, coro: Any) -> Any:
@@ -175,7 +176,7 @@ class NatsWorker:
         return asyncio.run(self._run(timeout, max_events))
 
     async def _run(self, timeout: float | None, max_events: int | None) -> int:
-        nc = await nats.connect(self.url, connect_timeout=5)
+        nc = await nats.connect(nats_servers(self.url), connect_timeout=5)
         try:
             js = nc.jetstream()
             try:

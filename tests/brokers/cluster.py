@@ -132,6 +132,98 @@ class NatsServer(_Server):
         shutil.rmtree(self.store, ignore_errors=True)
 
 
+class NatsClusterMember(NatsServer):
+    """One server of a NATS cluster with JetStream (its own store, client and route ports)."""
+
+    def __init__(self, index: int, route_ports: list[int]) -> None:
+        super().__init__()
+        self.index = index
+        self.route_ports = route_ports
+        self.config = os.path.join(self.store, "server.conf")
+        routes = ", ".join(f"nats-route://127.0.0.1:{port}" for port in route_ports)
+        with open(self.config, "w") as f:
+            f.write(f"server_name: n{index}\nlisten: 127.0.0.1:{self.port}\n"
+                    f'jetstream {{ store_dir: "{self.store}/js" }}\n'
+                    f"cluster {{ name: sockway-test, listen: 127.0.0.1:{route_ports[index]}, routes: [{routes}] }}\n")
+
+    def command(self) -> list[str]:
+        exe = require_program("nats-server", "install it: apt-get install nats-server")
+        return [exe, "-c", self.config]
+
+
+class NatsCluster:
+    """Three NATS servers routed into one cluster with clustered JetStream."""
+
+    def __init__(self, size: int = 3) -> None:
+        route_ports = [free_port() for _ in range(size)]
+        self.members = [NatsClusterMember(i, route_ports) for i in range(size)]
+
+    @property
+    def url(self) -> str:
+        """The seed list a gateway is given: every member."""
+        return ",".join(m.url for m in self.members)
+
+    def start(self, timeout: float = 20.0) -> None:
+        for member in self.members:
+            member.start()
+        # JetStream answers once the cluster has elected its meta leader.
+        asyncio.run(self._wait_jetstream(timeout))
+
+    async def _wait_jetstream(self, timeout: float) -> None:
+        import nats
+        from nats.js import api as js_api
+
+        nc = await nats.connect([m.url for m in self.members], connect_timeout=2)
+        try:
+            js = nc.jetstream(timeout=2)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    await js.add_stream(js_api.StreamConfig(name="PROBE", subjects=["probe"],
+                                                            num_replicas=len(self.members)))
+                    await js.delete_stream("PROBE")
+                    return
+                except Exception as exc:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"clustered JetStream not ready within {timeout}s: {exc}") from None
+                    await asyncio.sleep(0.2)
+        finally:
+            await nc.close()
+
+    def member(self, host_port: str) -> NatsClusterMember:
+        return next(m for m in self.members if m.url.endswith(host_port))
+
+    async def stream_leader(self, prefix: str, timeout: float = 10.0) -> tuple[NatsClusterMember, str]:
+        """The member leading the first stream whose name starts with ``prefix``, with
+        every replica caught up (so that losing one server leaves a quorum that has
+        everything), and the stream's name."""
+        import nats
+
+        nc = await nats.connect([m.url for m in self.members if m.proc and m.proc.poll() is None],
+                                connect_timeout=2)
+        try:
+            js = nc.jetstream(timeout=2)
+            deadline = time.monotonic() + timeout
+            while True:
+                with contextlib.suppress(Exception):
+                    for info in await js.streams_info():
+                        cluster = info.cluster
+                        if (info.config.name.startswith(prefix) and cluster and cluster.leader
+                                and len(cluster.replicas or []) == len(self.members) - 1
+                                and all(r.current and not r.offline for r in cluster.replicas or [])):
+                            return self.members[int(cluster.leader[1:])], info.config.name
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no caught-up stream {prefix}* within {timeout}s")
+                await asyncio.sleep(0.1)
+        finally:
+            await nc.close()
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+            member.cleanup()
+
+
 PACKAGES = {"redis": "pip install 'redis[hiredis]>=5'", "nats": "pip install nats-py"}
 
 

@@ -12,10 +12,13 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 from cluster import (
+    KEY,
     Client,
+    NatsCluster,
     NatsServer,
     api_ok,
     eventually,
@@ -47,6 +50,17 @@ def own_nats():
     finally:
         server.stop()
         server.cleanup()
+
+
+@pytest.fixture
+def nats_cluster():
+    require_module("nats")
+    cluster = NatsCluster(3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="module")
@@ -388,3 +402,59 @@ async def test_a_storm_of_history_reads_walks_the_stream_once(nats_server):
         # One head read per request, and 61 direct gets per walk (60 messages, then "none").
         assert 1 <= node.stats["history_walks"] - walks <= 3, dict(node.stats)
         assert gets <= 200 + 3 * 61, gets
+
+
+async def broker_stats(gw) -> dict:
+    def get() -> dict:
+        request = urllib.request.Request(gw.url + "/api/stats", headers={"Authorization": f"Bearer {KEY}"})
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return json.loads(r.read())["result"]["broker"]
+
+    return await asyncio.to_thread(get)
+
+
+@run(100)
+async def test_a_nats_cluster_loses_a_server(nats_cluster):
+    """A node given the seed list of a three-server NATS cluster, with JetStream
+    replicas=3, during traffic: the server leading the channel's history stream is
+    killed (another takes the lead), and the server the node is connected to is killed
+    (the node moves to another; when it is the same server, both at once). The
+    subscriber stays connected and gets every acknowledged publication in order, once;
+    history and recovery cover the whole channel."""
+    channel = unique("ha")
+    node = start_node(f"{nats_cluster.url}?replicas=3")
+    try:
+        sub = await Client.connect(node)
+        first = await sub.ok("subscribe", channel=channel)
+        publisher = Publisher(node, channel).start()
+        await eventually(lambda: len(publisher.ok) >= 20, timeout=10)
+        leader, _stream = await nats_cluster.stream_leader("SOCKWAY_H_")
+        used = nats_cluster.member((await broker_stats(node))["server"])
+        for victim in [leader] if leader is used else [leader, used]:
+            victim.kill()
+            count = len(publisher.ok)
+            await eventually(lambda c=count: len(publisher.ok) >= c + 30, timeout=30)
+            if victim is not used:
+                victim.start()  # back into the cluster, before losing another one
+                await nats_cluster.stream_leader("SOCKWAY_H_", timeout=20)
+        await publisher.stop()
+        broker = await broker_stats(node)
+        assert broker["ready"] is True and not used.url.endswith(broker["server"]), broker
+        got = await received_until(sub, publisher.ok[-1])
+        assert got == sorted(set(got)), "out of order or duplicated"
+        assert set(publisher.ok) <= set(got), set(publisher.ok) - set(got)
+        assert set(got) <= set(publisher.ok) | set(publisher.failed)
+        # What was acknowledged is in the channel's history, read from the survivors.
+        history = await api_ok(node, "history", channel=channel, limit=100)
+        assert history["epoch"] == first["epoch"]
+        stored = [p["data"] for p in history["publications"]]
+        assert set(publisher.ok[-90:]) <= set(stored), set(publisher.ok[-90:]) - set(stored)
+        other = await Client.connect(node)
+        since = history["offset"] - 50  # within the channel's history_size (100)
+        result = await other.ok("subscribe", channel=channel, since={"offset": since, "epoch": first["epoch"]})
+        assert result["recovered"] is True, result
+        assert [p["offset"] for p in result["publications"]] == list(range(since + 1, history["offset"] + 1))
+        for client in (sub, other):
+            await client.close()
+    finally:
+        stop_node(node)

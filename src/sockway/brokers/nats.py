@@ -105,7 +105,7 @@ from sockway.brokers.base import (
     new_epoch,
     wait_subscribed,
 )
-from sockway.brokers.urls import FALSE, TRUE, split_options
+from sockway.brokers.urls import FALSE, TRUE, nats_servers, split_options
 from sockway.brokers.wire import (
     batch_message,
     decode_json,
@@ -198,10 +198,14 @@ class NatsBroker(Broker):
 
     def __init__(self, url: str) -> None:
         super().__init__()
-        parts = urlsplit(url)
         self.url, self.options = split_options(url)
-        self.where = f"{parts.hostname}:{parts.port or 4222}"
-        """Host and port, without credentials: what logs and stats show."""
+        self.servers = nats_servers(self.url)
+        self.where = ",".join(f"{p.hostname}:{p.port or 4222}" for p in map(urlsplit, self.servers))
+        """Hosts and ports, without credentials: what logs and stats show."""
+        self.replicas = int(self.options["replicas"])
+        """JetStream replicas of every stream and bucket the engine makes (3 in a NATS
+        cluster of 3 or more: history, presence, sessions and events survive the loss of
+        a server)."""
         self.prefix = self.options["prefix"]
         self.upper = re.sub(r"[^A-Za-z0-9]", "_", self.prefix).upper()
         self.presence_ttl = float(self.options["presence_ttl"])
@@ -275,7 +279,7 @@ class NatsBroker(Broker):
         while self.nc is None:
             try:
                 nc = await nats.connect(
-                    self.url, name=f"sockway-{self.node_id}",
+                    self.servers, name=f"sockway-{self.node_id}",
                     connect_timeout=float(self.options["connect_timeout"]),
                     allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                     ping_interval=5, max_outstanding_pings=2,
@@ -301,7 +305,7 @@ class NatsBroker(Broker):
                 await nc.flush(timeout=self.timeout)
             except Exception as exc:
                 log.warning("NATS setup failed: %s", exc)
-            log.info("connected to NATS at %s (node %s)", self.where, self.node_id)
+            log.info("connected to NATS at %s (node %s)", self._server(), self.node_id)
             self._connected_once.set()
 
     async def _disconnected(self) -> None:
@@ -312,7 +316,7 @@ class NatsBroker(Broker):
 
     async def _reconnected(self) -> None:
         self.stats["reconnects"] += 1
-        log.info("reconnected to NATS at %s", self.where)
+        log.info("reconnected to NATS at %s", self._server())
         self._streams.clear()  # a restarted server may have lost them
         self.kv = None
         self.skv = None
@@ -341,8 +345,14 @@ class NatsBroker(Broker):
     def ready(self) -> bool:
         return self.nc is not None and self.nc.is_connected
 
+    def _server(self) -> str:
+        """The server this node is connected to now (host:port), or "" when none."""
+        url = self.nc.connected_url if self.nc is not None and self.nc.is_connected else None
+        return f"{url.hostname}:{url.port}" if url is not None else ""
+
     def describe(self) -> dict:
-        return {"engine": self.name, "ready": self.ready, "nats": self.where, "node": self.node_id,
+        return {"engine": self.name, "ready": self.ready, "nats": self.where, "server": self._server(),
+                "node": self.node_id,
                 "channels": len(self._interest), "sessions_owned": len(self._owned), **dict(self.stats)}
 
     def _check(self) -> None:
@@ -540,7 +550,8 @@ class NatsBroker(Broker):
             config = js_api.StreamConfig(
                 name=stream, subjects=[f"{self.prefix}.h.{stream[len(self.upper) + 3:]}.>"],
                 max_msgs_per_subject=policy.size + 1, max_age=policy.ttl or self.meta_ttl,
-                storage=js_api.StorageType.FILE, discard=js_api.DiscardPolicy.OLD, allow_direct=True)
+                storage=js_api.StorageType.FILE, discard=js_api.DiscardPolicy.OLD, allow_direct=True,
+                num_replicas=self.replicas)
             await create_or_join(lambda: self.js.add_stream(config), lambda: self.js.stream_info(stream),
                                  f"history stream {stream}")
             self._streams.add(stream)
@@ -835,7 +846,8 @@ class NatsBroker(Broker):
         if self.kv is None:
             bucket = f"{self.upper}_PRESENCE"
             self.kv = await create_or_join(
-                lambda: self.js.create_key_value(bucket=bucket, ttl=self.presence_ttl, history=1),
+                lambda: self.js.create_key_value(bucket=bucket, ttl=self.presence_ttl, history=1,
+                                                 replicas=self.replicas),
                 lambda: self.js.key_value(bucket), f"KV bucket {bucket} (presence_ttl?)")
         return self.kv
 
@@ -996,7 +1008,8 @@ class NatsBroker(Broker):
         if self.skv is None:
             bucket = f"{self.upper}_SESSIONS"
             self.skv = await create_or_join(
-                lambda: self.js.create_key_value(bucket=bucket, ttl=self.session_ttl, history=1),
+                lambda: self.js.create_key_value(bucket=bucket, ttl=self.session_ttl, history=1,
+                                                 replicas=self.replicas),
                 lambda: self.js.key_value(bucket), f"KV bucket {bucket} (session_ttl?)")
         return self.skv
 
@@ -1188,7 +1201,8 @@ class NatsEventStream:
 
     async def _ensure(self) -> None:
         config = js_api.StreamConfig(name=self.stream, subjects=[self.subject], max_msgs=self.maxlen,
-                                     storage=js_api.StorageType.FILE, discard=js_api.DiscardPolicy.OLD)
+                                     storage=js_api.StorageType.FILE, discard=js_api.DiscardPolicy.OLD,
+                                     num_replicas=self.broker.replicas)
         await create_or_join(lambda: self.broker.js.add_stream(config),
                              lambda: self.broker.js.stream_info(self.stream), f"events stream {self.stream}")
 

@@ -10,9 +10,9 @@ library at import time, so the configuration can check a URL cheaply.
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
-__all__ = ["ENGINE_OPTIONS", "check_broker_url", "engine_of", "split_options"]
+__all__ = ["ENGINE_OPTIONS", "check_broker_url", "engine_of", "nats_servers", "split_options"]
 
 ENGINE_OPTIONS: dict[str, str] = {
     "prefix": "sockway",
@@ -26,11 +26,12 @@ ENGINE_OPTIONS: dict[str, str] = {
     "connect_timeout": "2",
     "timeout": "5",
     "batch": "500",
+    "replicas": "1",
 }
-"""Every engine option and its default (``batch`` is read by NATS only)."""
+"""Every engine option and its default (``batch`` and ``replicas`` are read by NATS only)."""
 
 SECONDS = ("presence_ttl", "meta_ttl", "session_ttl", "connect_timeout", "timeout")
-COUNTS = ("events_maxlen", "batch")
+COUNTS = ("events_maxlen", "batch", "replicas")
 SWITCHES = ("commands", "sessions")
 TRUE = ("1", "on", "true", "yes")
 FALSE = ("0", "off", "false", "no")
@@ -55,16 +56,31 @@ def engine_of(url: str | None) -> str:
 
 def split_options(url: str) -> tuple[str, dict[str, str]]:
     """The URL without the engine options, and every engine option (defaults filled in).
-    Other query parameters stay in the URL, for the client library."""
-    parts = urlsplit(url)
+    Other query parameters stay in the URL, for the client library. (The query is split
+    off by hand: a NATS URL may list several servers, which is not one URL's syntax.)"""
+    base, _sep, query = url.partition("?")
     options = dict(ENGINE_OPTIONS)
     rest = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+    for key, value in parse_qsl(query, keep_blank_values=True):
         if key in ENGINE_OPTIONS:
             options[key] = value
         else:
             rest.append((key, value))
-    return urlunsplit(parts._replace(query=urlencode(rest))), options
+    return (f"{base}?{urlencode(rest)}" if rest else base), options
+
+
+def nats_servers(url: str) -> list[str]:
+    """The servers a NATS URL names, without the query: ``nats://a:4222`` or the seed
+    list of a NATS cluster, ``nats://a:4222,nats://b:4222`` (also ``nats://a:4222,b:4222``:
+    a server without a scheme takes the first one's). The client connects to one of them,
+    learns the rest of the cluster from it, and moves to another when its server goes."""
+    base = url.partition("?")[0]
+    scheme = base.partition("://")[0] or "nats"
+    servers = []
+    for item in base.split(","):
+        item = item.strip()
+        servers.append(item if "://" in item else f"{scheme}://{item}")
+    return servers
 
 
 def check_broker_url(url: str | None) -> None:
@@ -96,7 +112,21 @@ def check_broker_url(url: str | None) -> None:
     if engine == "nats" and options["events"].lower() not in ("", *TRUE, *FALSE):
         raise ValueError("option events takes on or off with NATS (the stream is <PREFIX>_EVENTS), "
                          f"not {options['events']!r}")
-    others = [key for key, _value in parse_qsl(urlsplit(bare).query, keep_blank_values=True)]
+    if engine == "nats":
+        for server in nats_servers(bare):
+            parts = urlsplit(server)
+            try:
+                port = parts.port
+            except ValueError:
+                port = -1
+            if parts.scheme not in ("nats", "tls") or not parts.hostname or port == -1:
+                raise ValueError(f"{server!r} is not a NATS server address: write nats://host:port, or several "
+                                 "separated by commas (nats://a:4222,nats://b:4222)")
+        if int(options["replicas"]) > 5:
+            raise ValueError(f"option replicas must be 1 to 5 (JetStream's limit), not {options['replicas']}")
+    elif options["replicas"] != "1":
+        raise ValueError("option replicas is for NATS (JetStream replicas); Redis replicates by its own configuration")
+    others = [key for key, _value in parse_qsl(bare.partition("?")[2], keep_blank_values=True)]
     unknown = [key for key in others if key not in _client_options(engine)]
     if unknown:
         known = ", ".join(ENGINE_OPTIONS)

@@ -294,9 +294,10 @@ async def _tail_broker_events(args: argparse.Namespace, engine: str, url: str, p
 
         from sockway.app_nats import quiet_errors
         from sockway.brokers.nats import NETWORK_ERRORS
+        from sockway.brokers.urls import nats_servers
 
         try:
-            nc = await asyncio.wait_for(nats.connect(url.split("?")[0], connect_timeout=2, error_cb=quiet_errors,
+            nc = await asyncio.wait_for(nats.connect(nats_servers(url), connect_timeout=2, error_cb=quiet_errors,
                                                      max_reconnect_attempts=2), 10)
         except (*NETWORK_ERRORS, nats.errors.NoServersError) as exc:
             print(f"sockway tail: cannot reach NATS at {url}: {exc or type(exc).__name__}", file=sys.stderr)
