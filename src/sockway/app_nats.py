@@ -45,7 +45,7 @@ from nats.js import api as js_api
 from nats.js.errors import APIError, NotFoundError
 
 from sockway.app import GatewayError
-from sockway.brokers.urls import nats_servers
+from sockway.brokers.urls import jetstream_name, nats_servers
 
 __all__ = ["NatsCommands", "NatsWorker"]
 
@@ -149,7 +149,7 @@ class NatsWorker:
                  remember: int = 10_000) -> None:
         self.url = url
         self.prefix = prefix
-        self.stream = f"{prefix.upper()}_EVENTS"
+        self.stream = f"{jetstream_name(prefix)}_EVENTS"
         self.subject = f"{prefix}.events"
         self.durable = durable
         self.ack_wait = ack_wait

@@ -131,7 +131,7 @@ async def test_events_redelivered_after_a_worker_dies(nats_server):
     event is handled once."""
     from sockway.app_nats import NatsWorker
 
-    prefix = unique("ev").replace("-", "")
+    prefix = unique("ev")  # with a '-': not a character of stream names, replaced by both sides alike
     gw = start_node(f"{nats_server.url}?events=on&prefix={prefix}")
     doomed = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, nats_server.url, prefix],
                               stdout=subprocess.PIPE, text=True, cwd=ROOT)

@@ -84,7 +84,6 @@ import itertools
 import logging
 import os
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -105,7 +104,7 @@ from sockway.brokers.base import (
     new_epoch,
     wait_subscribed,
 )
-from sockway.brokers.urls import FALSE, TRUE, nats_servers, split_options
+from sockway.brokers.urls import FALSE, TRUE, jetstream_name, nats_servers, split_options
 from sockway.brokers.wire import (
     batch_message,
     decode_json,
@@ -207,7 +206,7 @@ class NatsBroker(Broker):
         cluster of 3 or more: history, presence, sessions and events survive the loss of
         a server)."""
         self.prefix = self.options["prefix"]
-        self.upper = re.sub(r"[^A-Za-z0-9]", "_", self.prefix).upper()
+        self.upper = jetstream_name(self.prefix)
         self.presence_ttl = float(self.options["presence_ttl"])
         self.meta_ttl = float(self.options["meta_ttl"])
         self.timeout = float(self.options["timeout"])

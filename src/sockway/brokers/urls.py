@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-__all__ = ["ENGINE_OPTIONS", "check_broker_url", "engine_of", "nats_servers", "split_options"]
+__all__ = ["ENGINE_OPTIONS", "check_broker_url", "engine_of", "jetstream_name", "nats_servers", "split_options"]
 
 ENGINE_OPTIONS: dict[str, str] = {
     "prefix": "sockway",
@@ -81,6 +81,13 @@ def nats_servers(url: str) -> list[str]:
         item = item.strip()
         servers.append(item if "://" in item else f"{scheme}://{item}")
     return servers
+
+
+def jetstream_name(prefix: str) -> str:
+    """The start of the names of the JetStream streams and KV buckets a NATS engine with
+    ``prefix`` makes (``<PREFIX>_EVENTS``, ``<PREFIX>_PRESENCE``, ...): upper case, and
+    only the characters such names may hold ("app.rt" gives "APP_RT")."""
+    return re.sub(r"[^A-Za-z0-9]", "_", prefix).upper()
 
 
 def check_broker_url(url: str | None) -> None:
