@@ -146,8 +146,11 @@ class NatsWorker:
 
     def __init__(self, url: str = "nats://127.0.0.1:4222", *, prefix: str = "sockway",
                  durable: str = "sockway-workers", ack_wait: float = 30.0, batch: int = 10,
-                 remember: int = 10_000) -> None:
+                 remember: int = 10_000, replicas: int = 1) -> None:
         self.url = url
+        self.replicas = replicas
+        """JetStream replicas of the events stream if this worker is the first to make it
+        (give the gateway's ``replicas`` option)."""
         self.prefix = prefix
         self.stream = f"{jetstream_name(prefix)}_EVENTS"
         self.subject = f"{prefix}.events"
@@ -186,7 +189,8 @@ class NatsWorker:
                 # event): make it, so that events are kept from now on.
                 with contextlib.suppress(APIError):
                     await js.add_stream(js_api.StreamConfig(name=self.stream, subjects=[self.subject],
-                                                            storage=js_api.StorageType.FILE))
+                                                            storage=js_api.StorageType.FILE,
+                                                            num_replicas=self.replicas))
             consumer = js_api.ConsumerConfig(durable_name=self.durable, ack_wait=self.ack_wait,
                                              ack_policy=js_api.AckPolicy.EXPLICIT, max_deliver=-1)
             psub = await js.pull_subscribe(self.subject, durable=self.durable, stream=self.stream,

@@ -458,3 +458,24 @@ async def test_a_nats_cluster_loses_a_server(nats_cluster):
             await client.close()
     finally:
         stop_node(node)
+
+
+def test_a_worker_that_comes_first_makes_the_events_stream_with_replicas(nats_cluster):
+    """A NatsWorker started before any gateway makes the events stream, with as many
+    copies as it is told (the gateway's replicas option), on every server's behalf."""
+    import nats as nats_py
+
+    from sockway.app_nats import NatsWorker
+
+    prefix = unique("first")
+    worker = NatsWorker(nats_cluster.url, prefix=prefix, replicas=3)
+    assert worker.run(timeout=0.5) == 0
+
+    async def replicas() -> int:
+        nc = await nats_py.connect(nats_cluster.url.split(","), connect_timeout=2)
+        try:
+            return (await nc.jetstream().stream_info(worker.stream)).config.num_replicas
+        finally:
+            await nc.close()
+
+    assert asyncio.run(replicas()) == 3
