@@ -163,10 +163,6 @@ HEADS = 10_000
 BATCH_BYTES = 512 * 1024
 """Bytes of publication bodies at most in one batch message (less if the server's
 ``max_payload`` is under 1 MiB); a larger publication goes alone."""
-DIRECT_READ_MAX = 32
-"""A channel history of at most this many stored messages is read with direct gets (one
-round trip each: about 0.15 ms here); a longer one through an ordered consumer (a round
-trip to make it, then a stream of messages: 100 messages in 5 ms instead of 14)."""
 CONFLICT_ATTEMPTS = 50
 """Appends of one batch refused because another node appended first, before the
 publish fails (within ``timeout`` seconds in all)."""
@@ -589,41 +585,8 @@ class NatsBroker(Broker):
             seq += 1
         return out
 
-    async def _read_through(self, stream: str, subject: str, channel: str,
-                            until_seq: int) -> list[tuple[Publication, int]]:
-        """The whole of ``subject`` up to ``until_seq`` through an ordered consumer: one
-        round trip to make it, then the messages stream in (1,000 messages in about
-        40 ms here, against 160 ms for as many direct gets). It stops at ``until_seq``
-        or when nothing more is pending, so a message deleted meanwhile does not stall
-        it; any error falls back to the direct gets."""
-        try:
-            sub = await self.js.subscribe(subject, stream=stream, ordered_consumer=True,
-                                          config=js_api.ConsumerConfig(deliver_policy=js_api.DeliverPolicy.ALL))
-        except (APIError, *NETWORK_ERRORS) as exc:
-            log.debug("ordered consumer on %s: %s; reading message by message", subject, exc)
-            return await self._walk(stream, subject, channel, 0, until_seq)
-        self.stats["streamed_reads"] += 1
-        out: list[tuple[Publication, int]] = []
-        try:
-            while True:
-                msg = await sub.next_msg(timeout=self.timeout)
-                meta = msg.metadata
-                seq = int(meta.sequence.stream)
-                if seq > until_seq:
-                    break
-                out += [(pub, seq) for pub in publications_in(channel, decode_json(msg.data))]
-                if seq >= until_seq or not meta.num_pending:
-                    break
-        except (APIError, *NETWORK_ERRORS) as exc:
-            log.debug("ordered consumer on %s: %s; reading message by message", subject, exc)
-            return await self._walk(stream, subject, channel, 0, until_seq)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        return out
-
-    def _shared_walk(self, stream: str, subject: str, channel: str, until_seq: int,
-                     size: int = 0) -> Awaitable[list[tuple[Publication, int]]]:
+    def _shared_walk(self, stream: str, subject: str, channel: str,
+                     until_seq: int) -> Awaitable[list[tuple[Publication, int]]]:
         """The subject's whole history up to ``until_seq``, read once for every history
         request that finds the same head while the read is in flight: after a node goes
         away, its clients resubscribe elsewhere all at once, and N of them on one channel
@@ -632,9 +595,7 @@ class NatsBroker(Broker):
         key = (stream, channel, until_seq)
         walk = self._walks.get(key)
         if walk is None:
-            read = (self._read_through(stream, subject, channel, until_seq) if size + 1 > DIRECT_READ_MAX
-                    else self._walk(stream, subject, channel, 0, until_seq))
-            walk = self._walks[key] = asyncio.ensure_future(read)
+            walk = self._walks[key] = asyncio.ensure_future(self._walk(stream, subject, channel, 0, until_seq))
             self.stats["history_walks"] += 1
 
             def done(task: asyncio.Future) -> None:
@@ -831,7 +792,7 @@ class NatsBroker(Broker):
                 self._floor[channel] = (head[1], head[2], head[0])
             wanted = policy.size and not (since is None and limit == 0) and not (
                 since is not None and (since.epoch != head[2] or since.offset >= head[1]))
-            items = await self._shared_walk(stream, subject, channel, head[0], policy.size) if wanted else []
+            items = await self._shared_walk(stream, subject, channel, head[0]) if wanted else []
         except (APIError, *NETWORK_ERRORS) as exc:
             raise _unavailable(exc) from None
         items = [(p, seq) for p, seq in items if p.epoch == head[2]]
