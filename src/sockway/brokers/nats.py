@@ -104,7 +104,7 @@ from sockway.brokers.base import (
     new_epoch,
     wait_subscribed,
 )
-from sockway.brokers.urls import FALSE, TRUE, jetstream_name, nats_servers, split_options
+from sockway.brokers.urls import TRUE, events_on, jetstream_name, nats_servers, split_options
 from sockway.brokers.wire import (
     batch_message,
     decode_json,
@@ -1162,8 +1162,7 @@ class NatsBroker(Broker):
     # -- application events ------------------------------------------------------------------
 
     def app_bridges(self, hub: Any) -> list:
-        events = self.options["events"]
-        if not events or events.lower() in FALSE:
+        if not events_on(self.options):
             return []
         return [NatsEventStream(self, hub.events.add_queue("nats"), int(self.options["events_maxlen"]))]
 

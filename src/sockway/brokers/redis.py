@@ -100,17 +100,16 @@ from sockway.brokers.base import (
     new_epoch,
     wait_subscribed,
 )
-from sockway.brokers.urls import FALSE, TRUE, split_options
+from sockway.brokers.urls import TRUE, events_on, split_options
 from sockway.brokers.wire import decode_json, decode_publication, publication_body
 from sockway.jsonutil import dumps
 
 if TYPE_CHECKING:
     from sockway.bridge.events import EventQueue
 
-__all__ = ["RedisBroker", "RedisEventStream", "parse_options"]
+__all__ = ["RedisBroker", "RedisEventStream", "events_key"]
 
 log = logging.getLogger("sockway.redis")
-
 
 BATCH = 500
 """Queued writes sent in one pipeline at most."""
@@ -119,18 +118,13 @@ LEASE_MS = 3000
 """How long the node that reads the pub/sub command channel holds that role without
 renewing it (renewed every second)."""
 
-def parse_options(url: str) -> tuple[str, dict[str, str]]:
-    """Split the engine's options off the URL's query string (checked by the
-    configuration: :func:`sockway.brokers.urls.check_broker_url`)."""
-    return split_options(url)
-
 
 def events_key(options: dict[str, str]) -> str | None:
     """The stream application events go to, from the engine's options: ``events=on``
     gives ``<prefix>:events``, ``events=<key>`` that key; None when events are off."""
-    events = options["events"]
-    if not events or events.lower() in FALSE:
+    if not events_on(options):
         return None
+    events = options["events"]
     return f"{options['prefix']}:events" if events.lower() in TRUE else events
 
 
@@ -319,7 +313,7 @@ class RedisBroker(Broker):
 
     def __init__(self, url: str) -> None:
         super().__init__()
-        self.url, self.options = parse_options(url)
+        self.url, self.options = split_options(url)
         opts = self.options
         self.prefix = opts["prefix"]
         self.presence_ttl = float(opts["presence_ttl"])

@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-__all__ = ["ENGINE_OPTIONS", "check_broker_url", "engine_of", "jetstream_name", "nats_servers", "split_options"]
+__all__ = ["ENGINE_OPTIONS", "check_broker_url", "engine_of", "events_on", "jetstream_name", "nats_servers",
+           "split_options"]
 
 ENGINE_OPTIONS: dict[str, str] = {
     "prefix": "sockway",
@@ -67,6 +68,13 @@ def split_options(url: str) -> tuple[str, dict[str, str]]:
         else:
             rest.append((key, value))
     return (f"{base}?{urlencode(rest)}" if rest else base), options
+
+
+def events_on(options: dict[str, str]) -> bool:
+    """Whether the engine writes application events to its stream (``events`` set, and
+    not to a value meaning off)."""
+    events = options["events"]
+    return bool(events) and events.lower() not in FALSE
 
 
 def nats_servers(url: str) -> list[str]:

@@ -217,7 +217,6 @@ async def _tail_channel(args: argparse.Namespace) -> int:
 # -- through the cluster's broker ---------------------------------------------------------
 
 
-
 async def _wait_items(queue: asyncio.Queue, args: argparse.Namespace) -> None:
     count = 0
     while args.count is None or count < args.count:
@@ -318,9 +317,10 @@ async def _tail_broker_events(args: argparse.Namespace, engine: str, url: str, p
     import redis.asyncio as aioredis
     from redis.exceptions import RedisError
 
-    from sockway.brokers.redis import events_key, parse_options
+    from sockway.brokers.redis import events_key
+    from sockway.brokers.urls import split_options
 
-    bare, options = parse_options(url)
+    bare, options = split_options(url)
     key = events_key(options) or f"{prefix}:events"  # where the nodes write when events are on
     client = aioredis.from_url(bare, socket_connect_timeout=2)
 
