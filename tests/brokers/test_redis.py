@@ -95,6 +95,15 @@ async def received_until(client: Client, last: int, timeout: float = 10.0) -> li
     return got + [m["data"] for m in await client.quiet(0.3)]
 
 
+async def check_delivery(client: Client, publisher: Publisher) -> None:
+    """What ``client`` received of ``publisher``'s stopped run, checked: in order and
+    once, every acknowledged publication, and nothing that was never published."""
+    got = await received_until(client, publisher.ok[-1])
+    assert got == sorted(set(got)), "out of order or duplicated"
+    assert set(publisher.ok) <= set(got), set(publisher.ok) - set(got)
+    assert set(got) <= set(publisher.ok) | set(publisher.failed)
+
+
 @run(100)
 async def test_redis_restart_during_traffic(own_redis):
     """Killed Redis: /readyz 503 on every node, publishes answer 503 ``unavailable``,
@@ -120,10 +129,7 @@ async def test_redis_restart_during_traffic(own_redis):
         count = len(publisher.ok)
         await eventually(lambda: len(publisher.ok) >= count + 10, timeout=10)
         await publisher.stop()
-        got = await received_until(sub, publisher.ok[-1])
-        assert got == sorted(set(got)), "out of order or duplicated"
-        assert set(publisher.ok) <= set(got), set(publisher.ok) - set(got)
-        assert set(got) <= set(publisher.ok) | set(publisher.failed)
+        await check_delivery(sub, publisher)
         # History did not survive (no persistence): a new epoch; an old position is not recovered.
         after = await api_ok(b, "history", channel=channel, limit=1)
         assert after["epoch"] != first["epoch"]
