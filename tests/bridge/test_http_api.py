@@ -6,12 +6,13 @@ description listing every route the server answers."""
 from __future__ import annotations
 
 import json
+import socket
 
 import aiohttp
 import pytest
 
 from realtime import KEY, Api, ChannelsClient, health, run
-from support import config_gateway
+from support import config_gateway, drain
 
 ROUTES = ["publish", "broadcast", "send", "subscribe", "unsubscribe", "close", "presence",
           "history", "accept", "reply", "commands"]
@@ -99,6 +100,7 @@ async def test_bad_requests(gw):
             ("publish", {"channel": "a b", "data": 1}, "bad_channel"),
             ("publish", {"channel": "", "data": 1}, "bad_channel"),
             ("publish", {"channel": "x" * 256, "data": 1}, "bad_channel"),
+            ("publish", {"channel": "news\n", "data": 1}, "bad_channel"),
             ("publish", {"op": "send", "channel": "x", "data": 1}, "bad_request"),
             ("broadcast", {"data": 1}, "bad_request"),
             ("send", {"data": 1}, "bad_request"),
@@ -119,7 +121,7 @@ async def test_bad_requests(gw):
         for route, payload, code in cases:
             status, body = await api.post(route, payload)
             assert_error(status, body, 400, code)
-        for query in ("channel=x&limit=abc", "channel=x&limit=-2", "channel=a%20b", ""):
+        for query in ("channel=x&limit=abc", "channel=x&limit=-2", "channel=a%20b", "channel=news%0A", ""):
             status, body = await api.get(f"/api/history?{query}")
             assert_error(status, body, 400)
         assert (await health(http, gw))["status"] == "ok"
@@ -231,3 +233,33 @@ async def test_openapi_lists_every_route(gw):
             for method in methods:
                 status, _ = await api.raw(method.upper(), path, b"{}" if method == "post" else None)
                 assert status not in (404, 405), (method, path, status)
+
+
+def _raw_request(port: int, head: bytes) -> tuple[int, dict]:
+    """Send ``head`` (a request with no body, ``Connection: close``) as bytes, so that
+    header values need not be UTF-8; the status and the JSON body of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head)
+        answer = drain(sock, 5)
+    status_line, _, rest = answer.partition(b"\r\n")
+    body = rest.partition(b"\r\n\r\n")[2]
+    return int(status_line.split()[1]), json.loads(body)
+
+
+def test_a_key_header_that_is_not_utf8_is_a_wrong_key(gw):
+    """X-API-Key and Authorization values with bytes that are not UTF-8 (or that encode
+    a lone surrogate) are wrong keys: 401 with the JSON error, no traceback."""
+    values = [b"\xff\xfe", b"\xc3", b"\xed\xa0\x80", KEY.encode() + b"\xff", b"\x80" + KEY.encode()]
+    for value in values:
+        for header in (b"X-API-Key: " + value, b"Authorization: Bearer " + value,
+                       b"Authorization: " + value + b" " + KEY.encode()):
+            for method, path in ((b"GET", b"/api/stats"), (b"POST", b"/api/publish")):
+                head = (method + b" " + path + b" HTTP/1.1\r\nHost: x\r\n" + header
+                        + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                status, body = _raw_request(gw.port, head)
+                assert_error(status, body, 401, "unauthorized")
+    status, body = _raw_request(gw.port, b"GET /api/stats HTTP/1.1\r\nHost: x\r\nX-API-Key: " + KEY.encode()
+                                + b"\r\nConnection: close\r\n\r\n")
+    assert status == 200 and "connections" in body["result"]
+    output = gw.output()
+    assert "Traceback" not in output and " ERROR " not in output, output[-3000:]

@@ -179,7 +179,8 @@ async def test_protocol_errors(gw):
     c = await connect(gw)
     assert await c.ok("subscribe", channel="dup") is not None
     assert await c.error("subscribe", channel="dup") == "already_subscribed"
-    for bad in ["", "a b", "x" * 256, 5, None, ["a"], "é", "a\nb"]:
+    # A trailing newline too: a pattern ending in "$" would let it through.
+    for bad in ["", "a b", "x" * 256, 5, None, ["a"], "é", "a\nb", "news\n", "\nnews"]:
         assert await c.error("subscribe", channel=bad) == "bad_channel", bad
         assert await c.error("publish", channel=bad, data=1) == "bad_channel", bad
     assert await c.error("frobnicate") == "unknown_op"

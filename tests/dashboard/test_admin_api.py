@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import uuid
 
 import aiohttp
@@ -15,7 +16,7 @@ import pytest
 import websockets
 from dashboard_support import API_KEY, T, admin, api_command, http, token
 
-from support import config_gateway, free_port
+from support import config_gateway, drain, free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -217,3 +218,21 @@ def test_events_stream(gw):
     [event] = batch["items"]
     assert event["type"] == "open" and event["conn"] == conn and event["endpoint"] == "/live"
     assert event["user"] == "erin"
+
+
+def test_a_key_header_that_is_not_utf8_is_a_wrong_key(gw):
+    """X-API-Key and Authorization values that are not UTF-8: 401 with the JSON error on
+    every protected path (the trace and events WebSockets too), no traceback."""
+    for value in (b"\xff\xfe", b"\xc3", b"\xed\xa0\x80", API_KEY.encode() + b"\xff"):
+        for header in (b"X-API-Key: " + value, b"Authorization: Bearer " + value):
+            for path in PROTECTED:
+                head = (b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n" + header
+                        + b"\r\nConnection: close\r\n\r\n")
+                with socket.create_connection(("127.0.0.1", gw.port), timeout=T) as sock:
+                    sock.sendall(head)
+                    answer = drain(sock, T)
+                assert answer.startswith(b"HTTP/1.1 401 "), (path, header, answer[:200])
+                body = json.loads(answer.partition(b"\r\n\r\n")[2])
+                assert body["error"]["code"] == "unauthorized", body
+    output = gw.output()
+    assert "Traceback" not in output and " ERROR " not in output, output[-3000:]

@@ -125,10 +125,22 @@ def test_websocket_accepts_a_bare_string():
         ("/iframe-/.html", "not_found"), ("/a/b/xhr", "transport"), ("/a/b/c", "not_found"),
         ("/a./b/xhr", "not_found"), ("/a/b./xhr", "not_found"), ("//xhr", "not_found"),
         ("/a", "not_found"), ("/a/a/", "not_found"), ("/a b/c_d-e/jsonp", "transport"),
+        # Matched whole: a pattern ending in "$" also matches before a trailing newline.
+        ("/iframe.html\n", "not_found"), ("/a/b/xhr\n", "not_found"), ("/info\n", "not_found"),
     ],
 )
 def test_parse_path(tail, kind):
     assert parse_path(tail).kind == kind
+
+
+@pytest.mark.parametrize("callback", ["cb\n", "\ncb", "c\nb", "cb ", "", "x" * 257, "cb()", "é"])
+def test_invalid_callbacks(callback):
+    assert frames.CALLBACK_RE.fullmatch(callback) is None
+
+
+@given(st.from_regex(r"[a-zA-Z0-9_.\-]{1,256}", fullmatch=True))
+def test_valid_callbacks(callback):
+    assert frames.CALLBACK_RE.fullmatch(callback) is not None
 
 
 class TestSession:

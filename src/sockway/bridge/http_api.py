@@ -21,7 +21,7 @@ from sockway.jsonutil import loads
 if TYPE_CHECKING:
     from sockway.hub.hub import Hub
 
-__all__ = ["add_api_routes", "openapi_document"]
+__all__ = ["add_api_routes", "key_matches", "openapi_document"]
 
 MAX_BODY = 4 << 20
 COMMAND_ROUTES = ("publish", "broadcast", "send", "subscribe", "unsubscribe", "close",
@@ -43,18 +43,32 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
     return response
 
 
+def key_matches(request: web.BaseRequest, key: bytes, *, query: bool = False) -> bool:
+    """Whether the request carries ``key``: in ``X-API-Key`` (or, when ``query``, as
+    ``?key=``), else as ``Authorization: Bearer <key>``; compared in constant time.
+
+    aiohttp decodes header values as UTF-8 with ``surrogateescape``: a value that is not
+    UTF-8 comes as a string with lone surrogates, which a plain ``encode()`` refuses. It
+    is encoded back the same way, to the bytes the client sent: a wrong key (401), never
+    an error."""
+    supplied = request.headers.get("X-API-Key")
+    if not supplied and query:
+        supplied = request.query.get("key")
+    if supplied is None:
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        supplied = value.strip() if scheme.lower() == "bearer" else None
+    if supplied is None:
+        return False
+    return hmac.compare_digest(supplied.encode("utf-8", "surrogateescape"), key)
+
+
 class Api:
     def __init__(self, hub: Hub, key: str) -> None:
         self.hub = hub
         self.key = key.encode()
 
     def authorized(self, request: web.Request) -> bool:
-        supplied = request.headers.get("X-API-Key")
-        if supplied is None:
-            header = request.headers.get("Authorization", "")
-            scheme, _, value = header.partition(" ")
-            supplied = value.strip() if scheme.lower() == "bearer" else None
-        return supplied is not None and hmac.compare_digest(supplied.encode(), self.key)
+        return key_matches(request, self.key)
 
     async def _body(self, request: web.Request) -> Any:
         """The whole body (at most MAX_BODY bytes), parsed. ``content.read(n)`` returns

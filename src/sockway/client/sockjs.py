@@ -24,7 +24,7 @@ __all__ = ["TRANSPORTS", "SockJSClient"]
 
 TRANSPORTS = ("websocket", "xhr-streaming", "xhr-polling", "eventsource", "htmlfile", "jsonp-polling")
 _SCRIPT = re.compile(rb"<script>\np\((.*?)\);\n</script>\r\n", re.S)
-_JSONP = re.compile(rb"^/\*\*/cb\((.*)\);\r\n$", re.S)
+_JSONP = re.compile(rb"/\*\*/cb\((.*)\);\r\n", re.S)  # matched whole (fullmatch)
 
 
 class SockJSClient(ClientConnection):
@@ -189,7 +189,7 @@ class SockJSClient(ClientConnection):
                 await self._check(response)
                 body = await response.read()
             if jsonp:
-                match = _JSONP.match(body)
+                match = _JSONP.fullmatch(body)
                 if match is None:
                     raise ConnectionError(f"unexpected jsonp response {body[:80]!r}")
                 frame = json.loads(match.group(1))

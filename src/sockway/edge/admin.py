@@ -17,7 +17,6 @@ Without an API key the admin API answers 404 with a message saying how to enable
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING
 from aiohttp import WSMsgType, web
 from prometheus_client.exposition import choose_encoder
 
+from sockway.bridge.http_api import key_matches
 from sockway.brokers.base import BrokerUnavailable, resolve
 from sockway.hub.channels import valid_channel
 from sockway.hub.trace import TRACER, TraceFilter, Watch
@@ -57,11 +57,7 @@ class Admin:
     def authorized(self, request: web.Request) -> web.Response | None:
         if self.key is None:
             return _error(404, "not_enabled", "the admin API needs an API key: set [api] key (or SOCKWAY_API_KEY)")
-        supplied = request.headers.get("X-API-Key") or request.query.get("key")
-        if supplied is None:
-            scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-            supplied = value.strip() if scheme.lower() == "bearer" else None
-        if supplied is None or not hmac.compare_digest(supplied.encode(), self.key):
+        if not key_matches(request, self.key, query=True):
             return _error(401, "unauthorized", "send the API key as X-API-Key, Authorization: Bearer, or ?key=")
         return None
 

@@ -215,7 +215,7 @@ class EndpointRoutes:
             callback = request.query.get("callback")
         if not callback:
             return None, h.text_response(500, '"callback" parameter required')
-        if not CALLBACK_RE.match(callback):
+        if not CALLBACK_RE.fullmatch(callback):
             return None, h.text_response(500, 'invalid "callback" parameter')
         return callback, None
 

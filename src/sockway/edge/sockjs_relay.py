@@ -365,8 +365,8 @@ class SessionRelay:
     async def _recv(self, session: HttpSession, header: dict) -> bytes:
         transport = str(header.get("tr"))
         callback = header.get("cb")
-        if transport not in TRANSPORT_NAMES or (
-                transport in ("jsonp", "htmlfile") and not (isinstance(callback, str) and CALLBACK_RE.match(callback))):
+        bad_callback = not (isinstance(callback, str) and CALLBACK_RE.fullmatch(callback))
+        if transport not in TRANSPORT_NAMES or (transport in ("jsonp", "htmlfile") and bad_callback):
             return _encode({"st": "error", "end": True})
         rid = str(header.get("rid"))
         receiver = RemoteReceiver(session, rid, str(header.get("from")), frame_wrapper(transport, callback))

@@ -37,11 +37,15 @@ ENVELOPE = 0
 RAW = 1
 """The data itself: a string as is, anything else as JSON text."""
 
-CHANNEL_RE = re.compile(r"^[A-Za-z0-9_.:@/=+\-]{1,255}$")
+CHANNEL_CHARS = r"A-Za-z0-9_.:@/=+\-"
+"""The characters of a channel name (a regular-expression character class body)."""
+CHANNEL_RE = re.compile(f"[{CHANNEL_CHARS}]{{1,255}}")
+"""A channel name, matched whole with ``fullmatch`` (``re.match`` with ``$`` would let a
+trailing newline through: ``$`` also matches before a final ``\\n``)."""
 
 
 def valid_channel(name: object) -> bool:
-    return isinstance(name, str) and CHANNEL_RE.match(name) is not None
+    return isinstance(name, str) and CHANNEL_RE.fullmatch(name) is not None
 
 
 def data_text(data: Any) -> str:

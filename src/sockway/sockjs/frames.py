@@ -72,7 +72,8 @@ _HTMLFILE_HEAD = """<!doctype html>
   </script>"""
 
 # A JSONP/htmlfile callback may only use these characters (HtmlFile.test_invalid_callback).
-CALLBACK_RE = re.compile(r"^[a-zA-Z0-9_.\-]{1,256}$")
+# Matched whole with fullmatch: "$" would also match before a trailing newline.
+CALLBACK_RE = re.compile(r"[a-zA-Z0-9_.\-]{1,256}")
 
 
 def htmlfile_prelude(callback: str) -> bytes:

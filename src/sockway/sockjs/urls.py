@@ -31,8 +31,9 @@ TRANSPORTS = frozenset(
     }
 )
 
-_IFRAME = re.compile(r"^/iframe(-[^/]*)?\.html$")
-_SESSION = re.compile(r"^/([^/.]+)/([^/.]+)/([^/.]+)$")
+# Matched whole with fullmatch ("$" would also match before a trailing newline).
+_IFRAME = re.compile(r"/iframe(-[^/]*)?\.html")
+_SESSION = re.compile(r"/([^/.]+)/([^/.]+)/([^/.]+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +60,10 @@ def parse_path(tail: str) -> Route:
     if tail == "/websocket":
         return RAW_WEBSOCKET
     if tail.startswith("/iframe"):
-        if _IFRAME.match(tail):
+        if _IFRAME.fullmatch(tail):
             return IFRAME
         return NOT_FOUND
-    match = _SESSION.match(tail)
+    match = _SESSION.fullmatch(tail)
     if match is None:
         return NOT_FOUND
     server, session, transport = match.groups()
