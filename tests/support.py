@@ -8,6 +8,7 @@ import atexit
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -111,6 +112,27 @@ class GatewayProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         return self.proc.returncode
+
+
+_LOG_PROBLEM = re.compile(r"^\S+ \S+ (ERROR|CRITICAL) "          # the text format: date time LEVEL
+                          r"|\"level\": \"(ERROR|CRITICAL)\""       # the JSON format
+                          r"|Traceback \(most recent call last\)", re.M)
+
+
+def log_mark(proc: GatewayProcess) -> int:
+    """Where the gateway's log ends now: pass it to :func:`assert_clean_log` to check
+    only what comes after."""
+    return len(proc.output())
+
+
+def assert_clean_log(proc: GatewayProcess, since: int = 0) -> None:
+    """The gateway is still running, and its log (from character ``since``) has no
+    traceback and no ERROR or CRITICAL line (text or JSON log format): what a fuzzer
+    checks after throwing its input at *this* gateway."""
+    output = proc.output()
+    assert proc.proc.poll() is None, f"the gateway exited with {proc.proc.returncode}:\n{output[-3000:]}"
+    problem = _LOG_PROBLEM.search(output, since)
+    assert problem is None, f"the gateway's log has a problem:\n{output[max(since, problem.start() - 1000):][:4000]}"
 
 
 @contextlib.contextmanager
