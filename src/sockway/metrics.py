@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from sockway.hub.message import ENCODINGS
+
 if TYPE_CHECKING:
     from sockway.hub.hub import Hub
 
@@ -60,6 +62,11 @@ class _HubCollector:
         yield CounterMetricFamily("sockway_deliveries", "Messages queued for clients by channel fan-out.",
                                   value=channels.deliveries)
         yield CounterMetricFamily("sockway_writes", "Coalesced writes to clients.", value=hub.coalescer.writes)
+        encodings = CounterMetricFamily("sockway_encodings", "Message encodings made (once per message, "
+                                        "not per recipient).", labels=["encoding"])
+        for kind, count in ENCODINGS.items():
+            encodings.add_metric([kind], count)
+        yield encodings
         stats = hub.stats
         yield CounterMetricFamily("sockway_slow_consumer_closes", "Clients closed for not reading (4008/4009).",
                                   value=stats.slow_consumers)

@@ -139,6 +139,7 @@ FAMILIES = {
     "sockway_publications": "counter",
     "sockway_deliveries": "counter",
     "sockway_writes": "counter",
+    "sockway_encodings": "counter",
     "sockway_slow_consumer_closes": "counter",
     "sockway_rate_limited_closes": "counter",
     "sockway_auth_failures": "counter",

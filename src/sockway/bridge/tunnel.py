@@ -157,6 +157,7 @@ class TcpLineConnection(Connection, asyncio.Protocol):
             for line in lines:
                 TRACER.record(self, "out", "tcp-line", line.encode())
         self._transport.write(data)
+        self.endpoint.hub.coalescer.writes += 1
 
     def close(self, code: int = closecodes.NORMAL, reason: str = "") -> None:
         if self._closed or self._transport is None:

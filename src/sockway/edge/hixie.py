@@ -153,6 +153,7 @@ class Hixie76SockJS(Connection, asyncio.Protocol):
             if TRACER.active:
                 TRACER.record(self, "out", "hixie-text", text, sockjs=True)
             self._transport.write(frame)
+            self.endpoint.hub.coalescer.writes += 1
 
     def close(self, code: int = closecodes.GO_AWAY, reason: str = "Go away!") -> None:
         if self._closed:

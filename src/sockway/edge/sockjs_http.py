@@ -175,8 +175,11 @@ class HttpSession(Connection):
             self.endpoint.hub.coalescer.mark(self)
 
     def flush(self, cache: dict) -> None:
+        """Wake the attached request: it writes everything queued, as one frame, in one
+        write (a remote one answers its node's pull with it)."""
         self._marked = False
         if self.receiver is not None:
+            self.endpoint.hub.coalescer.writes += 1
             self.receiver.wake()
 
     def close(self, code: int = closecodes.GO_AWAY, reason: str = "Go away!") -> None:
@@ -423,16 +426,19 @@ async def run_streaming(session: HttpSession, request: web.BaseRequest,
     try:
         while True:
             done = result.release
-            for frame in frames:
-                if TRACER.active:
-                    TRACER.sockjs(session, "out", frame)
-                data = transport.wrap(frame)
+            if frames:
+                # Queued messages and a close frame after them: one write.
+                chunks = []
+                for frame in frames:
+                    if TRACER.active:
+                        TRACER.sockjs(session, "out", frame)
+                    chunks.append(transport.wrap(frame))
+                    if frame[:1] == b"c":
+                        done = True
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 await response.write(data)
                 sent += len(data)
                 session.endpoint.bytes_out += len(data)
-                if frame[:1] == b"c":
-                    done = True
-            if frames:
                 session.core.sent(session.registry.loop.time())
             if done or sent >= limit:
                 break

@@ -45,7 +45,7 @@ except ImportError:  # pragma: no cover
 
 from sockway import closecodes
 from sockway.hub.connection import Connection, ConnectionInfo
-from sockway.hub.message import SOCKJS, ws_key
+from sockway.hub.message import ENCODINGS, SOCKJS, ws_key
 from sockway.hub.trace import TRACER
 from sockway.sockjs.frames import HEARTBEAT, OPEN, close_frame, messages_frame
 from sockway.sockjs.payload import PayloadError, decode_messages
@@ -368,6 +368,7 @@ class WebSocketConnection(Connection, asyncio.Protocol):
         transport = self._transport
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         transport.write(data)
+        self._coalescer.writes += 1
         self._backlog = transport.get_write_buffer_size()
         self.endpoint.bytes_out += len(data)
         if TRACER.active:
@@ -401,6 +402,7 @@ class WebSocketConnection(Connection, asyncio.Protocol):
         if not self._closing:
             data = b"".join(pending)
             self._transport.write(data)
+            self._coalescer.writes += 1
             self._backlog = self._transport.get_write_buffer_size()
             self.endpoint.bytes_out += len(data)
             if TRACER.active:
@@ -534,9 +536,11 @@ class SockJSWebSocket(WebSocketConnection):
         key = (self.wbits, self._threshold, pending[0] if len(pending) == 1 else tuple(pending))
         data = cache.get(key)
         if data is None:
+            ENCODINGS["sockjs-batch"] += 1
             data = cache[key] = self._frame(messages_frame(pending))
         transport = self._transport
         transport.write(data)
+        self._coalescer.writes += 1
         self._backlog = transport.get_write_buffer_size()
         self.endpoint.bytes_out += len(data)
         if TRACER.active:
@@ -565,8 +569,10 @@ class SockJSWebSocket(WebSocketConnection):
         self._pending = []
         self._pending_bytes = 0
         if not self._closing:
+            ENCODINGS["sockjs-batch"] += 1
             data = self._frame(messages_frame(pending))
             self._transport.write(data)
+            self._coalescer.writes += 1
             self._backlog = self._transport.get_write_buffer_size()
             self.endpoint.bytes_out += len(data)
             if TRACER.active:

@@ -34,7 +34,10 @@ class Coalescer:
         self._loop = loop
         self._dirty: list[Flushable] = []
         self.flushes = 0
+        """Flush passes (event-loop iterations in which something was queued)."""
         self.writes = 0
+        """Writes of queued messages to clients, counted by the connections where they
+        write: one per connection per flush pass that had something for it."""
 
     def mark(self, conn: Flushable) -> None:
         """Flush ``conn`` at the end of this iteration. Callers mark a connection
@@ -47,7 +50,6 @@ class Coalescer:
         dirty = self._dirty
         self._dirty = []
         self.flushes += 1
-        self.writes += len(dirty)
         cache: dict = {}
         for conn in dirty:
             try:

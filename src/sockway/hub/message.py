@@ -11,6 +11,10 @@ Encodings are keyed by a small integer, the connection's ``encoding_key``:
   the message is shorter than ``threshold`` (section 6: compression is decided per
   message). Endpoints with different thresholds thus never share a wrong encoding.
 
+Every encoding made is counted in :data:`ENCODINGS` (``sockway_encodings_total``), so
+that "encoded once per message, not once per recipient" can be checked on a running
+gateway: one increment per encoding computed, none per recipient.
+
 Memory: the message keeps each encoding it was asked for until the last reference to
 it goes (for a broadcast, when the last recipient's write has been handed to the
 kernel, or when it falls out of history).
@@ -21,9 +25,14 @@ from __future__ import annotations
 from sockway.sockjs.escaping import quote
 from sockway.ws.frames import OP_BINARY, OP_TEXT, deflate_payload, frame, frame_header
 
-__all__ = ["SOCKJS", "OutMessage", "set_compress_threshold", "ws_key"]
+__all__ = ["ENCODINGS", "SOCKJS", "OutMessage", "set_compress_threshold", "ws_key"]
 
 SOCKJS = -1
+ENCODINGS = {"websocket": 0, "websocket-deflate": 0, "sockjs": 0, "sockjs-batch": 0}
+"""Encodings made in this process, by kind: ``websocket`` (an uncompressed RFC 6455
+frame), ``websocket-deflate`` (a compressed one), ``sockjs`` (a message's SockJS JSON
+string), ``sockjs-batch`` (an ``a[...]`` frame made at a flush for SockJS WebSocket
+recipients, shared by those whose queues hold the same messages)."""
 _compress_threshold = 128
 
 
@@ -75,6 +84,7 @@ class OutMessage:
         """The SockJS encoding. SockJS carries text only: binary data is decoded as
         UTF-8, invalid sequences replaced by U+FFFD."""
         if self._quoted is None:
+            ENCODINGS["sockjs"] += 1
             self._quoted = quote(self.text)
         return self._quoted
 
@@ -95,11 +105,14 @@ class OutMessage:
         opcode = OP_BINARY if self.binary else OP_TEXT
         payload = self.payload
         if wbits and len(payload) >= threshold:
+            ENCODINGS["websocket-deflate"] += 1
             compressed = deflate_payload(payload, wbits)
             encoded = frame_header(opcode, len(compressed), compressed=True) + compressed
         else:
-            encoded = frames.get(0) or frame(opcode, payload)
-            frames[0] = encoded
+            encoded = frames.get(0)
+            if encoded is None:
+                ENCODINGS["websocket"] += 1
+                encoded = frames[0] = frame(opcode, payload)
         frames[key] = encoded
         return encoded
 
