@@ -335,8 +335,18 @@ class NatsBroker(Broker):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.drain(), 2)
+            # Drain only a server that answers: nats-py's drain() swallows a
+            # cancellation and then waits for a flush of its own, so a server that
+            # hangs would hold it past any wait_for (and leave an un-retrieved
+            # gather behind, logged at exit as an error with a traceback).
+            answering = False
+            if self.nc.is_connected:
+                with contextlib.suppress(Exception):
+                    await self.nc.flush(timeout=1)
+                    answering = True
+            if answering:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.nc.drain(), 2)
             with contextlib.suppress(Exception):
                 await self.nc.close()
 
