@@ -142,10 +142,14 @@ class EndpointRoutes:
         return "GET"
 
     def origin_ok(self, request: web.BaseRequest) -> bool:
-        origin = request.headers.get("Origin")
+        return self.origin_allowed(request.headers.get("Origin"), self.proxies.own_origin(request))
+
+    def origin_allowed(self, origin: str | None, own_origin: str) -> bool:
+        """Whether ``origin`` may connect to a gateway the client reached as
+        ``own_origin`` (scheme://host[:port], see ProxyPolicy.own_origin)."""
         if origin is None or (origin == "null" and self.origins.any):
             return True
-        return self.origins.allows(origin, self.proxies.own_origin(request))
+        return self.origins.allows(origin, own_origin)
 
     def authenticate(self, request: web.BaseRequest) -> tuple[dict | None, str | None]:
         """Verify the ``token`` query parameter, if any: (claims, None) or (None, why)."""
@@ -466,16 +470,28 @@ class EndpointRoutes:
     def start_hixie76(self, transport, headers: dict[str, str], target: str, secure: bool,
                       tail: bytes) -> bool:
         """Take over a hixie-76 handshake found by :mod:`sockway.edge.sniffer` (aiohttp
-        refuses these requests). ``headers`` have lower-case names. False if refused."""
+        refuses these requests). ``headers`` have lower-case names. The client address,
+        the origin check and the connection limit are those of every other upgrade
+        (trusted proxies' X-Forwarded-* included): a refused origin gets 403, a full
+        endpoint 503. False to let aiohttp refuse it (400): no WebSocket here."""
         config = self.config
+        if not config.websocket or not config.sockjs:
+            return False
         host = headers.get("host", "")
         origin = headers.get("origin")
-        own = f"{'https' if secure else 'http'}://{host}"
-        if not config.websocket or not config.sockjs or not (
-                origin is None or self.origins.allows(origin, own)) or not self.endpoint.accepting:
-            return False
         peer = transport.get_extra_info("peername")
-        remote = peer[0] if peer else "?"
+        peer_address = peer[0] if peer else "?"
+        own = self.proxies.origin_of(peer_address, secure, host, headers.get("x-forwarded-proto"),
+                                     headers.get("x-forwarded-host"))
+        if not self.origin_allowed(origin, own):
+            _refuse(transport, 403, "Origin not allowed by this server's allowed_origins.\n")
+            return True
+        if not self.endpoint.accepting:
+            self.endpoint.hub.stats.rejected_connections += 1
+            _refuse(transport, 503, "Too many connections; try again later.\n")
+            return True
+        forwarded_for = headers.get("x-forwarded-for")
+        remote = self.proxies.address_of(peer_address, [forwarded_for] if forwarded_for else [])
         location = f"{'wss' if secure else 'ws'}://{host}{target}"
         transport.write(handshake_head(origin or "", location, headers.get("sec-websocket-protocol")))
         conn = Hixie76SockJS(self.endpoint, transport, remote, headers["sec-websocket-key1"],
@@ -491,6 +507,15 @@ class EndpointRoutes:
             keepalive = getattr(conn, "keepalive", None)
             if keepalive is not None:
                 keepalive(now, interval, timeout)
+
+
+def _refuse(transport, status: int, text: str) -> None:
+    """An HTTP refusal written straight to a connection aiohttp does not own."""
+    body = text.encode()
+    reason = {403: "Forbidden", 503: "Service Unavailable"}[status]
+    transport.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+    transport.close()
 
 
 async def _read_body(request: web.BaseRequest, limit: int) -> bytes | None:

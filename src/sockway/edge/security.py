@@ -65,12 +65,15 @@ class ProxyPolicy:
     def client_address(self, request: web.BaseRequest) -> str:
         """The client's address: the peer's, or the last untrusted hop of
         X-Forwarded-For when the peer (and the hops after it) are trusted proxies."""
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        address = peer[0] if peer else "?"
+        return self.address_of(_peer(request.transport), request.headers.getall("X-Forwarded-For", []))
+
+    def address_of(self, peer: str, forwarded_for: list[str]) -> str:
+        """:meth:`client_address` from the TCP peer's address and the values of the
+        request's X-Forwarded-For headers (for requests aiohttp does not parse)."""
+        address = peer
         if not self.trusts(address):
             return address
-        forwarded = request.headers.getall("X-Forwarded-For", [])
-        hops = [h.strip() for value in forwarded for h in value.split(",") if h.strip()]
+        hops = [h.strip() for value in forwarded_for for h in value.split(",") if h.strip()]
         for hop in reversed(hops):
             if not self.trusts(hop):
                 return hop
@@ -79,13 +82,26 @@ class ProxyPolicy:
 
     def own_origin(self, request: web.BaseRequest) -> str:
         """The origin the client used to reach us (scheme://host[:port])."""
-        scheme = "https" if request.secure else "http"
-        host = request.headers.get("Host", "")
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        if peer and self.trusts(peer[0]):
-            scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
-            host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+        headers = request.headers
+        return self.origin_of(_peer(request.transport), request.secure, headers.get("Host", ""),
+                              headers.get("X-Forwarded-Proto"), headers.get("X-Forwarded-Host"))
+
+    def origin_of(self, peer: str, secure: bool, host: str, forwarded_proto: str | None,
+                  forwarded_host: str | None) -> str:
+        """:meth:`own_origin` from the TCP peer's address, whether the connection is
+        TLS, and the request's Host, X-Forwarded-Proto and X-Forwarded-Host."""
+        scheme = "https" if secure else "http"
+        if self.trusts(peer):
+            if forwarded_proto:
+                scheme = forwarded_proto.split(",")[0].strip()
+            if forwarded_host:
+                host = forwarded_host.split(",")[0].strip()
         return f"{scheme}://{host}"
+
+
+def _peer(transport) -> str:
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return peer[0] if peer else "?"
 
 
 def origin_host(origin: str) -> str:
