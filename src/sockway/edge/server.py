@@ -12,6 +12,7 @@ import ssl
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from sockway.bridge.http_api import add_api_routes
 from sockway.brokers import create_broker
@@ -157,6 +158,7 @@ class Gateway:
         self.runner = web.AppRunner(
             self.app,
             access_log=log if self.config.access_log else None,
+            access_log_class=_access_log(self.proxies),
             handle_signals=False,
             shutdown_timeout=self.config.shutdown_timeout,
         )
@@ -229,6 +231,21 @@ class Gateway:
         deadline = self.loop.time() + timeout
         while any(len(q) for q in self.hub.events.queues) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
+
+
+def _access_log(proxies: ProxyPolicy) -> type[AbstractAccessLogger]:
+    """The access log (``access_log = true``): one line per request with the client's
+    address as docs/security.md defines it (X-Forwarded-For from a trusted proxy), not
+    the TCP peer's that aiohttp's own logger writes."""
+
+    class AccessLog(AbstractAccessLogger):
+        def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+            self.logger.info('%s "%s %s HTTP/%d.%d" %d %d %.3fs "%s"', proxies.client_address(request),
+                             request.method, request.path_qs, request.version.major, request.version.minor,
+                             response.status, response.body_length, time,
+                             request.headers.get("User-Agent", "-"))
+
+    return AccessLog
 
 
 def _install_signal_handlers(loop: asyncio.AbstractEventLoop, gateway: Gateway) -> None:
