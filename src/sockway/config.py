@@ -289,7 +289,8 @@ class ServerConfig:
     ``"https://*.example.com"`` a wildcard subdomain. This is the protection against
     cross-site WebSocket hijacking."""
     trusted_proxies: list[str] = field(default_factory=list)
-    """Addresses or CIDR networks whose X-Forwarded-For / X-Forwarded-Proto are believed."""
+    """Addresses or CIDR networks whose X-Forwarded-For, X-Forwarded-Proto and
+    X-Forwarded-Host are believed (client address, origin check: docs/security.md)."""
     max_connections: int = 100_000
     """Open client connections (WebSockets and SockJS sessions) on this process."""
     shutdown_timeout: float = 5.0
