@@ -14,16 +14,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import pubsub
+from benchmarks import abuse, pubsub
 from benchmarks.report import render
 from benchmarks.runner import Settings, plan, run_all
 from benchmarks.servers import BENCH_DIR, ROOT, SERVERS, ServerError, node_binary
 
 __all__ = ["main"]
 
-SCENARIOS = ("calibrate", "fanout", "echo", "idle", "bridge", "scaleout")
+SCENARIOS = ("calibrate", "fanout", "echo", "idle", "bridge", "scaleout", "abuse")
 DEFAULT_SCENARIOS = ("calibrate", "fanout", "echo", "idle")
-"""bridge and scaleout start brokers and take minutes of their own: run when named."""
+"""bridge, scaleout and abuse take minutes of their own: run when named."""
 
 
 def _ints(text: str) -> list[int]:
@@ -47,6 +47,10 @@ def _names(choices: tuple[str, ...]):
                 f"unknown: {', '.join(unknown)} (choose from {', '.join(choices)})")
         return names
     return parse
+
+
+def _abusers(text: str) -> list[str]:
+    return [] if text.strip() == "none" else _names(abuse.KINDS)(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +117,33 @@ def build_parser() -> argparse.ArgumentParser:
     bridge.add_argument("--subscribe-concurrency", type=int, default=50,
                         help="subscribes in flight at once (default 50; more than ~100 makes a Redis-backed node "
                              "refuse some as unavailable: see benchmarks/README.md)")
+    hostile = p.add_argument_group(
+        "abuse", "--scenarios abuse: normal clients of one gateway measured before, during and after a mix of "
+        "hostile clients (see benchmarks/README.md). N subscribers of a channel get paced publications, "
+        "--echo-clients echo clients send paced messages, a newcomer connects every second; the phases take "
+        "20%, 40% and 40% of --duration. Reports losses, latency p50/p99 per phase, the gateway's RSS, "
+        "descriptors and CPU every second, and whether the targets are met: zero losses, p99 during <= 2x "
+        "before, RSS after within 10% of before, descriptors back to baseline. --size applies too")
+    hostile.add_argument("--duration", type=float, default=300.0,
+                         help="abuse: seconds of the three phases together (default 300: 60 before, 120 during, "
+                              "120 after); connecting and draining come on top")
+    hostile.add_argument("--subscribers", type=int, default=1000, help="abuse: subscribers (default 1000)")
+    hostile.add_argument("--publish-rate", type=float, default=50.0,
+                         help="abuse: publications per second into their channel (default 50)")
+    hostile.add_argument("--echo-rate", type=float, default=10.0,
+                         help="abuse: messages per second each echo client sends (default 10)")
+    hostile.add_argument("--abusers", type=_abusers, default=list(abuse.KINDS),
+                         help="abuse: which abusers, comma-separated subset of " + ", ".join(abuse.KINDS)
+                              + " (default: all at once); none: the same phases without abuse, what the "
+                              "machine's own noise does to the figures")
+    hostile.add_argument("--abuse-scale", type=float, default=1.0,
+                         help="abuse: multiplies every abuser's connections, rates and volumes (default 1: "
+                              "3000 silent sockets, 300 slow heads, 100 slow bodies, 10 fragmented 1 MiB "
+                              "messages, 10 history publications/s, 2 MiB of newlines every 10 s, 100 SockJS "
+                              "sessions/s, 5 non-readers)")
+    hostile.add_argument("--gateway-nofile", type=int, default=4096,
+                         help="abuse: descriptors the gateway may open (its soft and hard RLIMIT_NOFILE; "
+                              "default 4096)")
     p.add_argument("--stall-timeout", type=float, default=20,
                    help="fan-out: fail when nothing is delivered for this many seconds (default 20)")
     p.add_argument("--connect-concurrency", type=int, default=256,
@@ -175,7 +206,29 @@ def _settings(args: argparse.Namespace) -> Settings:
         brokers=args.brokers,
         nodes=args.nodes,
         subscribe_concurrency=max(1, args.subscribe_concurrency),
+        abuse_duration=args.duration,
+        abuse_subscribers=args.subscribers,
+        abuse_publish_rate=args.publish_rate,
+        abuse_echo_rate=args.echo_rate,
+        abusers=args.abusers,
+        abuse_scale=args.abuse_scale,
+        gateway_nofile=args.gateway_nofile,
     )
+
+
+def _abuse_problem(s: Settings) -> str | None:
+    """What makes the abuse options unusable, or None."""
+    if not s.abuse_duration > 0:
+        return "--duration must be a positive number of seconds"
+    if s.abuse_subscribers < 1 or s.echo_clients < 1:
+        return "--subscribers and --echo-clients must be at least 1"
+    if not (s.abuse_publish_rate > 0 and s.abuse_echo_rate > 0):
+        return "--publish-rate and --echo-rate must be positive"
+    if not s.abuse_scale > 0:
+        return "--abuse-scale must be positive"
+    if s.gateway_nofile < 64:
+        return "--gateway-nofile must be at least 64"
+    return None
 
 
 def _extract_revision(rev: str, into: Path) -> tuple[str, Path]:
@@ -219,13 +272,19 @@ def main(argv: list[str] | None = None) -> int:
     if settings.size < size_floor:
         print(f"--size must be at least {size_floor} (the sequence number and a space)", file=sys.stderr)
         return 2
+    if "abuse" in settings.scenarios:
+        problem = _abuse_problem(settings)
+        if problem:
+            print(f"[bench] {problem}", file=sys.stderr)
+            return 2
     try:
         node_binary()
     except ServerError as exc:
         print(f"[bench] {exc}", file=sys.stderr)
         return 2
     _raise_fd_limit(max(settings.idle_connections, *settings.fanout_clients, *settings.bridge_clients,
-                        *settings.scaleout_clients) + 300)
+                        *settings.scaleout_clients, settings.abuse_subscribers + settings.echo_clients
+                        + round(3500 * settings.abuse_scale)) + 300)
     snapshot: Path | None = None
     if args.sockway_rev:
         snapshot = Path(tempfile.mkdtemp(prefix="sockway-bench-"))

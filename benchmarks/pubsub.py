@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import queue
+import resource
 import shutil
 import signal
 import socket
@@ -234,6 +235,16 @@ class BrokerServer:
             self._log.close()
 
 
+def _limit_open_files(n: int):
+    """For ``preexec_fn``: the process may open ``n`` descriptors, soft and hard limit
+    (a process can raise its soft limit up to the hard one by itself)."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+    return limit
+
+
 def _http_json(url: str, timeout: float = 2.0, key: str | None = None) -> Any:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}", "Connection": "close"}
                                      if key else {"Connection": "close"})
@@ -245,7 +256,7 @@ class Gateway:
     """``sockway serve`` with a configuration file, one node or ``--workers N``."""
 
     def __init__(self, config: str, workdir: Path, log_path: Path, workers: int = 1,
-                 pythonpath: Path | None = None) -> None:
+                 pythonpath: Path | None = None, nofile: int | None = None) -> None:
         self.port = free_port()
         self.workers = workers
         path = workdir / f"sockway-{self.port}.toml"
@@ -261,7 +272,8 @@ class Gateway:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=env, cwd=ROOT, start_new_session=True)
+                                     env=env, cwd=ROOT, start_new_session=True,
+                                     preexec_fn=None if nofile is None else _limit_open_files(nofile))
         self.pid = self.proc.pid
         self.url = f"http://127.0.0.1:{self.port}"
         self.worker_pids: list[int] = []

@@ -8,6 +8,7 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks.abuse_report import render_abuse
 from benchmarks.pubsub_report import render_pubsub
 
 __all__ = ["collapse", "render"]
@@ -257,4 +258,5 @@ def render(records: list[Record]) -> str:
         lines += _table(("scenario", "server", "transport", "rate/s", "per server CPU-s", "window",
                          "server CPU", "generator CPU", "generator headroom", "other processes"), cpu)
     lines += render_pubsub(collapsed)
+    lines += render_abuse(collapsed)
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks import pubsub
+from benchmarks import abuse, pubsub
 from benchmarks.servers import BENCH_DIR, ROOT, SERVERS, ServerError, node_binary, running
 
 __all__ = ["Measurement", "Settings", "environment", "plan", "run_all"]
@@ -63,11 +63,19 @@ class Settings:
     brokers: list[str] = field(default_factory=lambda: ["memory", "redis", "nats"])
     nodes: list[int] = field(default_factory=lambda: [1, 2])
     subscribe_concurrency: int = 50
+    # abuse (benchmarks/abuse.py)
+    abuse_duration: float = 300.0
+    abuse_subscribers: int = 1000
+    abuse_publish_rate: float = 50.0
+    abuse_echo_rate: float = 10.0
+    abusers: list[str] = field(default_factory=lambda: list(abuse.KINDS))
+    abuse_scale: float = 1.0
+    gateway_nofile: int = 4096
 
 
 @dataclass
 class Measurement:
-    scenario: str  # fanout, echo, idle, bridge, scaleout
+    scenario: str  # fanout, echo, idle, bridge, scaleout, abuse
     server: str
     transport: str
     clients: int
@@ -88,6 +96,8 @@ class Measurement:
             return f"bridge {self.clients} {self.path}"
         if self.scenario == "scaleout":
             return f"scaleout {self.clients} {self.broker} x{self.nodes}"
+        if self.scenario == "abuse":
+            return f"abuse {self.clients} subscribers"
         text = f"{self.scenario} {self.clients} {self.server} {self.transport}"
         return text + (f" round {self.round}/{self.rounds}" if self.rounds > 1 else "")
 
@@ -133,6 +143,8 @@ def plan(settings: Settings) -> list[Measurement]:
         runs += pubsub.plan_bridge(settings)
     if "scaleout" in settings.scenarios:
         runs += pubsub.plan_scaleout(settings)
+    if "abuse" in settings.scenarios:
+        runs += abuse.plan(settings)
     return runs
 
 
@@ -343,6 +355,8 @@ def measure(m: Measurement, s: Settings, env: dict[str, Any], run_id: str) -> di
 def measure_once(m: Measurement, s: Settings, env: dict[str, Any], run_id: str) -> dict[str, Any]:
     if m.scenario in ("bridge", "scaleout"):
         return pubsub.measure_once(m, s, env, run_id)
+    if m.scenario == "abuse":
+        return abuse.measure_once(m, s, env, run_id)
     spec = SERVERS[m.server]
     started = time.monotonic()
     record: dict[str, Any] = {

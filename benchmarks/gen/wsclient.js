@@ -82,7 +82,7 @@ function maskedFrame(opcode, payload) {
  *   onError(client, message)             a handshake or protocol failure (then onClose)
  */
 class WSClient {
-  constructor(id, host, port, path, handler) {
+  constructor(id, host, port, path, handler, localAddress = undefined) {
     this.id = id;
     this.handler = handler;
     this.state = CONNECTING;
@@ -90,6 +90,7 @@ class WSClient {
     this.frags = null;
     this.fragOp = 0;
     this.closeCode = 0;
+    this.closing = false; // we sent a close frame (close())
     this.error = null;
     this.user = null; // scenario state
     this.counted = false;
@@ -104,6 +105,7 @@ class WSClient {
     const sock = (this.sock = net.connect({
       host,
       port,
+      localAddress, // a source address of 127.0.0.0/8, so that clients come from many addresses
       onread: { buffer: READ_BUFFER, callback: (nread, buf) => this.onData(buf.subarray(0, nread)) },
     }));
     sock.setNoDelay(true);
@@ -216,7 +218,8 @@ class WSClient {
         this.sock.write(maskedFrame(OP_PONG, buf.subarray(start, end)));
       } else if (op === OP_CLOSE) {
         this.closeCode = n >= 2 ? buf.readUInt16BE(start) : 1005;
-        this.sock.end(maskedFrame(OP_CLOSE, buf.subarray(start, Math.min(end, start + 2))));
+        if (this.closing) this.sock.end(); // the answer to our close (section 5.5.1)
+        else this.sock.end(maskedFrame(OP_CLOSE, buf.subarray(start, Math.min(end, start + 2))));
         this.state = CLOSED;
         return;
       } else if (op !== OP_PONG) {
@@ -237,6 +240,19 @@ class WSClient {
   /** Write bytes already framed with maskedFrame (several frames may be joined). */
   writeFrames(frames) {
     return this.sock.write(frames);
+  }
+
+  /** Start the closing handshake (RFC 6455 section 5.5.1): the server answers, then the
+   * TCP connection ends. */
+  close(code = 1000) {
+    if (this.state !== OPEN || this.closing) {
+      this.sock.destroy();
+      return;
+    }
+    this.closing = true;
+    const payload = Buffer.allocUnsafe(2);
+    payload.writeUInt16BE(code, 0);
+    this.sock.write(maskedFrame(OP_CLOSE, payload));
   }
 
   get isOpen() {
@@ -331,7 +347,7 @@ function outgoingPayload(transport, message) {
  * failure, or when ``timeoutMs`` passes.
  */
 function openMany({ count, host, port, endpoint, transport, scenario, concurrency, timeoutMs,
-  onProgress, firstId = 0 }) {
+  onProgress, firstId = 0, localAddress = undefined }) {
   return new Promise((resolve, reject) => {
     const clients = [];
     let started = 0;
@@ -379,7 +395,8 @@ function openMany({ count, host, port, endpoint, transport, scenario, concurrenc
     function launch() {
       while (!finished && started < count && inFlight < concurrency) {
         const id = firstId + started;
-        clients.push(new WSClient(id, host, port, pathFor(transport, endpoint, id), handler));
+        clients.push(new WSClient(id, host, port, pathFor(transport, endpoint, id), handler,
+          localAddress ? localAddress(id) : undefined));
         started++;
         inFlight++;
       }
