@@ -49,9 +49,10 @@ SHARES = (0.2, 0.4, 0.4)
 """Each phase's share of ``duration``."""
 CHANNEL = "bench"
 FLOOD_CHANNELS = [f"flood:{i}" for i in range(4)]
-FLOOD_HISTORY = 16
-"""Publications each flooded channel keeps: 4 x 16 x 64 KiB = 4 MiB of JSON at most, what
-the gateway may legitimately hold after the flood."""
+FLOOD_HISTORY = 8
+"""Publications each flooded channel keeps: 4 x 8 x 64 KiB = 2 MiB of JSON at most, what
+the gateway may legitimately hold after the flood (about 4% of its RSS with the normal
+clients connected: within the 10% the RSS target allows)."""
 MAX_DATA = 65536
 """The namespace's ``max_data_size`` (sockway's default)."""
 MAX_MESSAGE = 1 << 20
