@@ -107,9 +107,11 @@ class RedisServer(_Server):
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=T)
 
     def ping(self) -> bool:
+        import redis
+
         try:
             return bool(self.client().ping())
-        except Exception:
+        except (redis.RedisError, OSError):  # not up yet
             return False
 
 
@@ -355,7 +357,12 @@ def nodes(broker_url: str, count: int, extra: str = "") -> Iterator[list[Gateway
 
 
 class Closed(Exception):
-    pass
+    """The server closed the connection with ``code`` and ``reason`` (None: no close frame)."""
+
+    def __init__(self, code: int | None, reason: str = "") -> None:
+        super().__init__(f"closed {code} {reason!r}")
+        self.code = code
+        self.reason = reason
 
 
 class Client:
@@ -380,7 +387,7 @@ class Client:
         try:
             return json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
         except websockets.ConnectionClosed as exc:
-            raise Closed(str(exc)) from None
+            raise Closed(exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else "") from None
 
     async def request(self, op: str, timeout: float = T, **fields: Any) -> dict:
         request_id = next(self._ids)

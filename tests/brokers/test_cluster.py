@@ -14,7 +14,7 @@ import asyncio
 import os
 
 import pytest
-from cluster import Client, api, api_ok, eventually, nodes, start_node, stop_node
+from cluster import Client, Closed, api, api_ok, eventually, nodes, start_node, stop_node
 from realtime_run import run
 
 pytestmark = pytest.mark.timeout(90)
@@ -134,8 +134,9 @@ async def test_commands_reach_a_connection_through_any_node(cluster):
         status, body = await api(b, "send", conn=conn, data="x")
         assert status == 404 and body["error"]["code"] == "not_found", body
     await api_ok(b, "close", conn=client.conn, code=4000, reason="bye")
-    with pytest.raises(Exception):  # noqa: B017 - closed, whichever way websockets says it
+    with pytest.raises(Closed) as closed:
         await client.next(timeout=3)
+    assert (closed.value.code, closed.value.reason) == (4000, "bye")
 
 
 @run(60)

@@ -24,6 +24,7 @@ from demo_support import (
     run_shell,
 )
 from playwright.sync_api import Page
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from support import require_php_zmq
 
@@ -42,7 +43,7 @@ def wait_log(page: Page, text: str, timeout: int = WAIT_MS) -> None:
         page.wait_for_function(
             "(text) => [...document.querySelectorAll('#log > div')].some(d => d.textContent.includes(text))",
             arg=text, timeout=timeout, polling=50)
-    except Exception:
+    except PlaywrightTimeout:
         raise AssertionError(f"{text!r} never appeared in {page.url}; the log shows {log_lines(page)!r}") from None
 
 
