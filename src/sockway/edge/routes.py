@@ -35,7 +35,7 @@ from sockway.edge.websocket import RawWebSocket, SockJSWebSocket
 from sockway.hub.connection import ConnectionInfo
 from sockway.hub.trace import TRACER
 from sockway.sockjs.frames import CALLBACK_RE, HEARTBEAT, info_body
-from sockway.sockjs.payload import PayloadError, decode_messages
+from sockway.sockjs.payload import PayloadError, decode_messages, form_field, utf8_size
 from sockway.sockjs.urls import parse_path
 
 if TYPE_CHECKING:
@@ -351,8 +351,7 @@ class EndpointRoutes:
             return h.text_response(413, f"Payload over the {limit} byte limit.\n")
         self.endpoint.bytes_in += len(body)
         if transport == "jsonp_send" and request.content_type == "application/x-www-form-urlencoded":
-            form = await _parse_form(body)
-            body = form.get("d", "").encode("utf-8")
+            body = form_field(body)
         return body
 
     def deliver(self, session: HttpSession, body: bytes, transport: str) -> tuple[int, str | None]:
@@ -369,7 +368,7 @@ class EndpointRoutes:
             return 500, str(exc)
         limit = self.config.max_message_size
         for message in messages:
-            if len(message) > limit:
+            if utf8_size(message) > limit:
                 session.close(closecodes.MESSAGE_TOO_BIG, "Message too big")
                 return 413, f"Message over the {limit} byte limit.\n"
         received = self.endpoint.received
@@ -535,13 +534,3 @@ async def _read_body(request: web.BaseRequest, limit: int) -> bytes | None:
         if size > limit:
             return None
         chunks.append(chunk)
-
-
-async def _parse_form(body: bytes) -> dict[str, str]:
-    from urllib.parse import parse_qs
-
-    try:
-        parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True)
-    except UnicodeDecodeError:
-        return {}
-    return {k: v[0] for k, v in parsed.items()}
