@@ -16,7 +16,7 @@ import websockets
 from aiohttp.test_utils import make_mocked_request
 
 from sockway.edge.security import OriginPolicy, ProxyPolicy
-from support import GatewayProcess, config_gateway, free_port, require_program
+from support import GatewayProcess, config_gateway, endpoint_connections, free_port, require_program, wait_for
 
 
 def ws_status(url: str, origin: str | None) -> int:
@@ -112,7 +112,7 @@ def test_connection_limit_refuses_with_503_and_recovers():
         status, _ = await asyncio.to_thread(http_status, gw.url + "/echo/000/new/xhr", None, "POST")
         assert status == 503
         await a.close()
-        await asyncio.sleep(0.3)
+        assert await asyncio.to_thread(wait_for, lambda: endpoint_connections(gw, "/echo") == 1, 5)
         c = await websockets.connect(url, open_timeout=5)
         await c.send("still serving")
         assert await asyncio.wait_for(c.recv(), 5) == "still serving"
@@ -130,9 +130,16 @@ def test_sockjs_message_size_limit_gives_413():
         assert http_status(base + "/xhr", method="POST")[1] == b"o\n"
         status, body = http_status(base + "/xhr_send", method="POST",
                                    data=json.dumps(["x" * 1500]).encode())
-        assert status == 413 and b"1000 byte limit" in body
+        assert (status, body) == (413, b"Message over the 1000 byte limit.\n")
+        # ... and the session is closed with 1009: its poll says so, a send finds nothing.
+        assert http_status(base + "/xhr", method="POST")[1] == b'c[1009,"Message too big"]\n'
+        assert http_status(base + "/xhr_send", method="POST", data=b'["z"]')[0] == 404
+        # A body longer than any message under the limit can take (escaped) is refused
+        # before it is read whole.
+        base = gw.url + "/echo/000/bigger"
+        assert http_status(base + "/xhr", method="POST")[1] == b"o\n"
         status, body = http_status(base + "/xhr_send", method="POST", data=b'["' + b"y" * 5000 + b'"]')
-        assert status in (404, 413)
+        assert (status, body) == (413, b"Payload over the 1000 byte limit.\n")
 
 
 def test_tls(tmp_path):

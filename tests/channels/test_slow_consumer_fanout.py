@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from realtime import KEY, Api, eventually, rss_kib, run
-from support import config_gateway, drain
+from support import config_gateway
 
 CLIENTS = 1000
 MESSAGES = 600
@@ -234,10 +234,13 @@ async def test_thousand_subscribers_and_a_slow_one(gw, mode):
         assert slow_closed_at is not None, "the slow consumer was never closed"
         assert slow_closed_at - started < elapsed / 2
         await eventually(lambda: _connections(api, prefix, CLIENTS), timeout=5)
-        # What the slow one can still read: what the kernels held for it, a fraction.
-        tail = drain(slow, 3.0)
+        # What the slow one can still read: what the kernels held for it, a fraction,
+        # then the reset. The 4008 close frame waits behind the bytes it never read, so
+        # it never reaches it: the socket is aborted (docs/endpoints.md).
+        tail, ended = _tail(slow, 5.0)
+        assert ended, "the slow consumer's connection was not ended"
         assert len(tail) < MESSAGES * SIZE / 2
-        assert _last_close_code(tail) in (None, 4008)
+        assert _last_close_code(tail) is None
         rss_after = rss_kib(gw.proc.pid)
         print(f"{mode}: {MESSAGES} x {SIZE} B to {CLIENTS} clients in {elapsed:.1f}s; slow one closed "
               f"after {slow_closed_at - started:.2f}s having got {len(tail)} B more; RSS {rss_before} -> "
@@ -253,6 +256,21 @@ async def test_thousand_subscribers_and_a_slow_one(gw, mode):
 
 async def _connections(api: Api, prefix: str, expected: int) -> bool:
     return (await api.stats())["endpoints"][prefix]["connections"] == expected
+
+
+def _tail(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
+    """What ``sock`` can still read, and whether the connection then ended (a reset
+    or the end of the stream) within ``timeout`` seconds."""
+    data = b""
+    sock.settimeout(timeout)
+    try:
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return data, False
+    return data, True
 
 
 def _last_close_code(data: bytes) -> int | None:
