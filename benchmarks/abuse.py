@@ -122,7 +122,7 @@ def abuser_config(kind: str, s: Settings, port: int, tunnel_port: int) -> dict[s
 
     cfg: dict[str, Any] = {"kind": kind, "host": "127.0.0.1", "port": port, "max_seconds": s.abuse_duration + 120}
     if kind == "silent":
-        cfg |= {"connections": count(3000), "per_address": 300}
+        cfg |= {"connections": count(3000), "per_address": 1000}
     elif kind == "slow-heads":
         cfg |= {"connections": count(300), "per_address": 100}
     elif kind == "slow-bodies":
