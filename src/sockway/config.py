@@ -96,7 +96,9 @@ class EndpointConfig:
     (``?token=`` or, in channels mode, a first ``auth`` message), or in app mode the
     application must accept the ``open`` event."""
     auth_timeout: float = 10.0
-    """Seconds a client has to authenticate before it is closed with 4001."""
+    """Seconds a client has to authenticate: channels mode with ``anonymous = false``
+    closes a client that sent no ``auth`` command by then with 4002; app mode with
+    ``app_accept`` one the application did not accept with 4001."""
     rate_limit: float = 0.0
     """Incoming messages per second per connection (0: no limit); above the limit and
     its burst the client is closed with 4029."""
