@@ -81,8 +81,10 @@ class EndpointConfig:
     or unsent in the transport) when a new message comes is closed with 4008. Memory per
     client is at most max_buffer + one message + the kernel's socket buffer."""
     max_session_queue: int = 1 << 20
-    """SockJS HTTP sessions: bytes queued while no request is attached, before the
-    session is closed with 4009."""
+    """SockJS HTTP sessions: bytes waiting in a session's queue (each message's JSON
+    string plus one) for its receiving request: while none is attached, or between
+    two writes of the attached one. A message that would go over it closes the
+    session with 4009 (the messages queued before it are still delivered first)."""
     close_timeout: float = 5.0
     """Seconds a client gets to finish the WebSocket closing handshake."""
     max_connections: int = 0
