@@ -7,6 +7,7 @@ import asyncio
 import json
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,7 +16,7 @@ import pytest
 import websockets
 from aiohttp.test_utils import make_mocked_request
 
-from sockway.edge.security import OriginPolicy, ProxyPolicy
+from sockway.edge.security import ProxyPolicy
 from support import GatewayProcess, config_gateway, endpoint_connections, free_port, require_program, wait_for
 
 
@@ -60,24 +61,53 @@ def test_default_allows_same_origin_and_no_origin_only():
         assert http_status(gw.url + "/echo/info", {"Origin": gw.url})[0] == 200
 
 
+WILDCARD_ALLOWED = ["https://chat.example.com", "https://a.b.example.com", "https://chat.example.com:443",
+                    "http://app.test:3000"]
+WILDCARD_REFUSED = [
+    # A wildcard matched as text (fnmatch) let these through: "*" ran across "/", "?",
+    # "#", "\\" and "@".
+    "https://evil.test/.example.com", "https://evil.test?.example.com", "https://evil.test#.example.com",
+    "https://evil.test\\.example.com", "https://evil.test@chat.example.com",
+    # Not whole labels of example.com, another port or scheme, a path, a trailing dot.
+    "https://example.com", "https://evilexample.com", "https://example.com.evil.test",
+    "https://chat.example.com:8443", "http://chat.example.com", "https://chat.example.com/",
+    "https://chat.example.com.", "http://app.test:3001", "http://app.test", "null",
+]
+
+
 def test_allow_list_with_wildcards_and_per_endpoint_override():
     toml = ('[server]\nallowed_origins = ["https://*.example.com", "http://app.test:3000"]\n' + ECHO
             + '[[endpoint]]\nprefix = "/open"\nmode = "echo"\nallowed_origins = ["*"]\n')
     with config_gateway(toml) as gw:
         url = gw.ws_url + "/echo/websocket"
-        assert ws_status(url, "https://chat.example.com") == 101
-        assert ws_status(url, "http://app.test:3000") == 101
-        assert ws_status(url, "https://example.com.evil.test") == 403
-        assert ws_status(url, "http://app.test:3001") == 403
+        for origin in WILDCARD_ALLOWED:
+            assert ws_status(url, origin) == 101, origin
+            assert http_status(gw.url + "/echo/info", {"Origin": origin})[0] == 200, origin
+        for origin in WILDCARD_REFUSED:
+            assert ws_status(url, origin) == 403, origin
+            assert http_status(gw.url + "/echo/info", {"Origin": origin})[0] == 403, origin
+            assert http_status(gw.url + "/echo/000/w1/xhr", {"Origin": origin}, "POST")[0] == 403, origin
         assert ws_status(gw.ws_url + "/open/websocket", "https://anything.test") == 101
+        assert ws_status(gw.ws_url + "/open/websocket", "https://evil.test/.example.com") == 101
 
 
-def test_origin_policy_unit():
-    policy = OriginPolicy([])
-    assert policy.allows(None, "http://h:1")
-    assert policy.allows("http://h:1", "http://h:1")
-    assert not policy.allows("http://h:2", "http://h:1")
-    assert OriginPolicy(["*"]).allows("null", "http://h:1")
+def test_bad_allow_list_entries_are_configuration_errors(tmp_path):
+    """An entry that is not an origin (a path, "null", a wildcard that is not whole
+    leading labels) stops the gateway from starting, saying which and why."""
+    configs = {
+        "https://app.example.com/chat": '[server]\nallowed_origins = ["https://app.example.com/chat"]\n' + ECHO,
+        "https://*.example.com/x": '[server]\nallowed_origins = ["https://*.example.com/x"]\n' + ECHO,
+        "null": ECHO + 'allowed_origins = ["null"]\n',
+        "https://a.*.example.com": ECHO + 'allowed_origins = ["https://a.*.example.com"]\n',
+    }
+    for entry, toml in configs.items():
+        path = tmp_path / "bad.toml"
+        path.write_text(toml)
+        result = subprocess.run([sys.executable, "-m", "sockway", "serve", "--config", str(path),
+                                 "--port", str(free_port())], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2, (entry, result.stderr)
+        assert result.stderr.startswith("sockway: configuration error: "), result.stderr
+        assert "allowed_origins" in result.stderr and repr(entry) in result.stderr, result.stderr
 
 
 def test_forwarded_for_is_believed_only_from_trusted_proxies():
@@ -175,3 +205,90 @@ def test_tls(tmp_path):
         assert asyncio.run(scenario(port)) == "over TLS"
     finally:
         assert proc.stop() == 0
+
+
+JSONP_TOML = ('[server]\nallowed_origins = ["http://app.test:3000"]\n' + ECHO
+              + '[[endpoint]]\nprefix = "/same"\nmode = "echo"\nallowed_origins = []\n'
+              + '[[endpoint]]\nprefix = "/open"\nmode = "echo"\nallowed_origins = ["*"]\n'
+              + '[[endpoint]]\nprefix = "/public"\nmode = "echo"\njsonp_without_referer = true\n')
+OPEN_FRAME = b'/**/cb("o");\r\n'
+
+
+def test_jsonp_is_judged_by_its_referer_under_an_allow_list():
+    """A <script> load carries no Origin, and any page can read what it loads: under an
+    allow-list (the same-origin default too) a jsonp poll needs a Referer of an allowed
+    origin, unless the endpoint sets jsonp_without_referer; with "*" anything goes."""
+    sessions = iter(range(1000))
+
+    def jsonp(prefix: str, headers: dict) -> tuple[int, bytes]:
+        return http_status(f"{gw.url}{prefix}/000/j{next(sessions)}/jsonp?c=cb", headers)
+
+    refused = (403, b"jsonp polling needs a Referer of a page whose origin is in this server's allowed_origins.\n")
+    with config_gateway(JSONP_TOML) as gw:
+        own_page = gw.url + "/index.html"
+        # An explicit list: its origins, and the gateway's own.
+        assert jsonp("/echo", {}) == refused
+        assert jsonp("/echo", {"Referer": "http://app.test:3000/chat.html"}) == (200, OPEN_FRAME)
+        assert jsonp("/echo", {"Referer": own_page}) == (200, OPEN_FRAME)
+        assert jsonp("/echo", {"Referer": "http://evil.test/"}) == refused
+        assert jsonp("/echo", {"Referer": "http://evil.test/?http://app.test:3000/"}) == refused
+        assert jsonp("/echo", {"Referer": "http://app.test:3000.evil.test/"}) == refused
+        assert jsonp("/echo", {"Origin": "http://app.test:3000"}) == (200, OPEN_FRAME)
+        status, _ = jsonp("/echo", {"Origin": "http://evil.test", "Referer": "http://app.test:3000/"})
+        assert status == 403  # an Origin, when there is one, decides
+        # The default: same origin only.
+        assert jsonp("/same", {}) == refused
+        assert jsonp("/same", {"Referer": own_page}) == (200, OPEN_FRAME)
+        assert jsonp("/same", {"Referer": "http://app.test:3000/"}) == refused
+        # "*": any page may read it.
+        assert jsonp("/open", {}) == (200, OPEN_FRAME)
+        assert jsonp("/open", {"Referer": "http://evil.test/"}) == (200, OPEN_FRAME)
+        # jsonp_without_referer: no Referer is let through, a foreign one still is not.
+        assert jsonp("/public", {}) == (200, OPEN_FRAME)
+        assert jsonp("/public", {"Referer": "http://evil.test/"}) == refused
+        # Other requests without an Origin are programs' (or same-origin GETs): let through.
+        assert http_status(gw.url + "/echo/000/x1/xhr", method="POST") == (200, b"o\n")
+        assert http_status(gw.url + "/echo/info")[0] == 200
+        output = gw.output()
+        assert "Traceback" not in output and " ERROR " not in output, output[-3000:]
+
+
+def test_iframe_page_and_htmlfile_may_be_framed_by_allowed_origins_only():
+    """The iframe page runs the iframe transports for whichever page embeds it, on the
+    gateway's origin: Content-Security-Policy frame-ancestors names who may embed it
+    (and htmlfile), unless any origin may ("*")."""
+    with config_gateway(JSONP_TOML) as gw:
+        expected = {"/echo": "frame-ancestors 'self' http://app.test:3000", "/same": "frame-ancestors 'self'",
+                    "/open": None}
+        for prefix, policy in expected.items():
+            with urllib.request.urlopen(gw.url + prefix + "/iframe.html", timeout=5) as r:
+                assert r.headers.get("Content-Security-Policy") == policy, prefix
+                etag = r.headers["ETag"]
+            status, _ = http_status(gw.url + prefix + "/iframe.html", {"If-None-Match": etag})
+            assert status == 304
+            request = urllib.request.Request(gw.url + prefix + "/iframe.html", headers={"If-None-Match": etag})
+            with pytest.raises(urllib.error.HTTPError) as not_modified:
+                urllib.request.urlopen(request, timeout=5)
+            assert not_modified.value.headers.get("Content-Security-Policy") == policy, prefix
+            with urllib.request.urlopen(f"{gw.url}{prefix}/000/h{prefix[1:]}/htmlfile?c=cb", timeout=5) as r:
+                assert r.headers["Content-Type"] == "text/html; charset=UTF-8"
+                assert r.headers.get("Content-Security-Policy") == policy, prefix
+
+
+def test_refused_origins_are_logged_a_few_times_a_minute():
+    """Each refusal says which endpoint refused which origin, and what is allowed: one
+    line, no traceback, at most five a minute per endpoint however many come."""
+    with config_gateway(ECHO) as gw:
+        assert ws_status(gw.ws_url + "/echo/websocket", "http://evil.example") == 403
+        assert http_status(gw.url + "/echo/000/l1/jsonp?c=cb", {"Referer": "http://evil.example/x"})[0] == 403
+        for _ in range(40):
+            assert http_status(gw.url + "/echo/info", {"Origin": "http://evil.example:8000"})[0] == 403
+        assert http_status(gw.url + "/echo/info", {"Origin": gw.url})[0] == 200  # a marker: all came before it
+        output = gw.output()
+        lines = [line for line in output.splitlines() if "refused" in line]
+        assert len(lines) == 5, output
+        assert "WARNING sockway.edge: /echo: raw_websocket request from 127.0.0.1 refused: " \
+               "Origin 'http://evil.example'; allowed: same origin only" in lines[0]
+        assert "/echo: jsonp request from 127.0.0.1 refused: Referer 'http://evil.example/x'" in lines[1]
+        assert "/echo: info request from 127.0.0.1 refused: Origin 'http://evil.example:8000'" in lines[2]
+        assert "Traceback" not in output

@@ -91,6 +91,13 @@ class EndpointConfig:
     """Connections on this endpoint (0: only the server limit applies)."""
     allowed_origins: list[str] | None = None
     """Overrides the server's allow-list for this endpoint."""
+    jsonp_without_referer: bool = False
+    """Serve jsonp polling requests that carry neither an Origin nor a Referer although
+    an allow-list is in force (anything but ``"*"``). Off by default: a ``<script>``
+    load sends no Origin, so without the Referer the page it serves cannot be known,
+    and any web page could read this endpoint through a visitor's browser. Turn it on
+    only for public data, when allowed pages suppress the Referer (``Referrer-Policy:
+    no-referrer``) and need jsonp."""
     keep_request_info: bool = False
     """Keep headers and query of the opening request (about 1 KiB per connection)."""
     anonymous: bool = True
@@ -122,6 +129,7 @@ class EndpointConfig:
         if not 9 <= self.deflate_window_bits <= 15:
             raise ConfigError("deflate_window_bits must be between 9 and 15")
         where = f"endpoint {self.prefix}"
+        _check_origins(self.allowed_origins, where)
         _at_least(self, where, 0, "history", "max_connections", "compress_threshold", "rate_limit", "rate_burst")
         _at_least(self, where, 1, "max_message_size", "response_limit", "max_buffer", "max_session_queue")
         for name in ("heartbeat_delay", "disconnect_delay", "close_timeout", "ping_timeout",
@@ -288,10 +296,12 @@ class ServerConfig:
     key: str | None = None
     """TLS private key (PEM)."""
     allowed_origins: list[str] = field(default_factory=list)
-    """Origins allowed to open connections. Empty (the default): same origin only,
-    plus clients that send no Origin (non-browser clients). ``"*"`` allows any;
-    ``"https://*.example.com"`` a wildcard subdomain. This is the protection against
-    cross-site WebSocket hijacking."""
+    """Origins allowed to open connections, each ``scheme://host[:port]`` with no path.
+    Empty (the default): same origin only, plus clients that send no Origin (non-browser
+    clients). ``"*"`` allows any; ``"https://*.example.com"`` any subdomain of
+    example.com (whole labels; not example.com itself). This is the protection against
+    cross-site WebSocket hijacking; see docs/security.md for jsonp and the iframe
+    transports."""
     trusted_proxies: list[str] = field(default_factory=list)
     """Addresses or CIDR networks whose X-Forwarded-For, X-Forwarded-Proto and
     X-Forwarded-Host are believed (client address, origin check: docs/security.md)."""
@@ -358,6 +368,7 @@ class ServerConfig:
             raise ConfigError(f"endpoint prefix declared twice: {', '.join(sorted(dupes))}")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format must be text or json")
+        _check_origins(self.allowed_origins, "[server]")
         _at_least(self, "[server]", 0, "socket_send_buffer", "shutdown_timeout", "worker_ports")
         _at_least(self, "[server]", 1, "max_connections", "event_queue_size")
         if not self.sweep_interval > 0:
@@ -365,6 +376,17 @@ class ServerConfig:
                               f"(got {self.sweep_interval})")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level must be one of debug, info, warning, error")
+
+
+def _check_origins(origins: list[str] | None, where: str) -> None:
+    from sockway.edge.security import parse_allowed_origin
+
+    for entry in origins or ():
+        if entry != "*":
+            try:
+                parse_allowed_origin(entry)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: allowed_origins: {exc}") from None
 
 
 SECTIONS = {"api": ApiConfig, "auth": AuthConfig, "zeromq": ZmqConfig, "webhook": WebhookConfig,

@@ -559,8 +559,8 @@ async def _events_until_closed(worker: ZmqWorker, queries: tuple[str, ...]) -> d
 async def test_refused_connections_send_no_events(gw, worker):
     """A connection refused before the application was told of it (a bad token; no
     token where one is required) must not produce a close event either."""
-    # This gateway accepts no token at all, so any token is refused: raw WebSocket
-    # gets a 401, SockJS opens and closes with 4001.
+    # This gateway accepts no token at all, so any token is refused: the connection
+    # opens and is closed with 4001, and no token where one is required is the same.
     s = await SockJSWS.connect(gw.ws_url + "/app", query="token=bogus")
     with pytest.raises(Closed) as closed:
         await s.recv_text()

@@ -34,6 +34,7 @@ from sockway.edge.upgrade import Detached, accept_websocket, detach
 from sockway.edge.websocket import RawWebSocket, SockJSWebSocket
 from sockway.hub.connection import ConnectionInfo
 from sockway.hub.trace import TRACER
+from sockway.ratelog import RateLimitedLog
 from sockway.sockjs.frames import CALLBACK_RE, HEARTBEAT, info_body
 from sockway.sockjs.payload import PayloadError, decode_messages, form_field, utf8_size
 from sockway.sockjs.urls import parse_path
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
 __all__ = ["EndpointRoutes", "iframe_page"]
 
 log = logging.getLogger("sockway.edge")
+complaints = RateLimitedLog(log)
+"""Refused origins: one line each (a few per minute per endpoint), so that an operator
+can see why a browser shows only a CORS error."""
 
 GREETING = "Welcome to SockJS!\n"
 
@@ -90,6 +94,7 @@ class EndpointRoutes:
         self.origins = OriginPolicy(
             config.allowed_origins if config.allowed_origins is not None else allowed_origins
         )
+        self.frame_policy = self.origins.frame_ancestors()
         self.proxies = proxies
         self.iframe = iframe_page(sockjs_url)
         self.iframe_etag = '"' + hashlib.md5(self.iframe).hexdigest() + '"'
@@ -111,8 +116,9 @@ class EndpointRoutes:
             return self.iframe_response(request)
         if not self.config.sockjs and kind != "raw_websocket":
             return h.empty_response(404)
-        if not self.origin_ok(request):
-            return h.text_response(403, "Origin not allowed by this server's allowed_origins.\n")
+        refusal = self.origin_refusal(request, route.transport or kind)
+        if refusal is not None:
+            return refusal
         if kind == "info":
             return self.info(request)
         if kind == "raw_websocket":
@@ -141,15 +147,44 @@ class EndpointRoutes:
             return "POST"
         return "GET"
 
-    def origin_ok(self, request: web.BaseRequest) -> bool:
-        return self.origin_allowed(request.headers.get("Origin"), self.proxies.own_origin(request))
+    def origin_refusal(self, request: web.BaseRequest, what: str) -> web.Response | None:
+        """The 403 for a request whose page is not of an allowed origin (None: it may
+        go on). ``what``: the transport, or the kind of request.
 
-    def origin_allowed(self, origin: str | None, own_origin: str) -> bool:
-        """Whether ``origin`` may connect to a gateway the client reached as
-        ``own_origin`` (scheme://host[:port], see ProxyPolicy.own_origin)."""
-        if origin is None or (origin == "null" and self.origins.any):
-            return True
-        return self.origins.allows(origin, own_origin)
+        A request with an Origin is judged by it. One without is let through (a
+        program, or a same-origin GET), except a jsonp poll under an allow-list: a
+        ``<script>`` load never carries an Origin, and whatever it loads any page can
+        read. It is judged by its Referer instead, which browsers set and pages cannot
+        forge (only suppress); without one it is refused unless the endpoint sets
+        ``jsonp_without_referer`` (docs/security.md, "Transports that cannot carry an
+        Origin")."""
+        policy = self.origins
+        if policy.any:
+            return None
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            if policy.allows(origin, self.proxies.own_origin(request)):
+                return None
+            self._log_refusal(request, what, f"Origin {origin[:200]!r}")
+            return h.text_response(403, "Origin not allowed by this server's allowed_origins.\n")
+        if what != "jsonp":
+            return None
+        referer = request.headers.get("Referer")
+        if referer is None:
+            if self.config.jsonp_without_referer:
+                return None
+            self._log_refusal(request, what, "no Origin nor Referer (jsonp_without_referer is off)")
+        elif policy.allows_referer(referer, self.proxies.own_origin(request)):
+            return None
+        else:
+            self._log_refusal(request, what, f"Referer {referer[:200]!r}")
+        return h.text_response(403, "jsonp polling needs a Referer of a page whose origin is in this "
+                                    "server's allowed_origins.\n")
+
+    def _log_refusal(self, request: web.BaseRequest, what: str, why: str) -> None:
+        complaints.warning(f"origin {self.endpoint.prefix}", "%s: %s request from %s refused: %s; allowed: %s",
+                           self.endpoint.prefix, what, self.proxies.client_address(request), why,
+                           self.origins.describe())
 
     def authenticate(self, request: web.BaseRequest) -> tuple[dict | None, str | None]:
         """Verify the ``token`` query parameter, if any: (claims, None) or (None, why)."""
@@ -190,7 +225,17 @@ class EndpointRoutes:
         h.cache_for_a_year(response.headers)
         del response.headers["Access-Control-Max-Age"]
         response.headers["ETag"] = self.iframe_etag
+        self._frame_ancestors(response.headers)
         return response
+
+    def _frame_ancestors(self, headers) -> None:
+        """Only pages of allowed origins may embed the iframe page and htmlfile: the
+        iframe page runs the iframe transports for whichever page embeds it, on the
+        gateway's own origin, where Origin checks cannot tell that page apart
+        (docs/security.md)."""
+        policy = self.frame_policy
+        if policy is not None:
+            headers["Content-Security-Policy"] = policy
 
     def info(self, request: web.BaseRequest) -> web.Response:
         if request.method == "OPTIONS":
@@ -272,6 +317,8 @@ class EndpointRoutes:
         response = web.StreamResponse()
         response.headers["Content-Type"] = streaming.content_type
         self._session_headers(request, response.headers)
+        if transport == "htmlfile":
+            self._frame_ancestors(response.headers)
         if transport in ("xhr_streaming", "eventsource"):
             # sockjs-client opens EventSource cross-origin too, so it needs CORS like
             # the XHR transports.
@@ -482,7 +529,10 @@ class EndpointRoutes:
         peer_address = peer[0] if peer else "?"
         own = self.proxies.origin_of(peer_address, secure, host, headers.get("x-forwarded-proto"),
                                      headers.get("x-forwarded-host"))
-        if not self.origin_allowed(origin, own):
+        if not self.origins.allows(origin, own):
+            complaints.warning(f"origin {self.endpoint.prefix}", "%s: hixie-76 websocket request from %s refused: "
+                               "Origin %r; allowed: %s", self.endpoint.prefix, peer_address,
+                               (origin or "")[:200], self.origins.describe())
             _refuse(transport, 403, "Origin not allowed by this server's allowed_origins.\n")
             return True
         if not self.endpoint.accepting:
