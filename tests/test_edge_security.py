@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import websockets
 from aiohttp.test_utils import make_mocked_request
 
 from sockway.edge.security import ProxyPolicy
-from support import GatewayProcess, config_gateway, endpoint_connections, free_port, require_program, wait_for
+from support import GatewayProcess, config_gateway, drain, endpoint_connections, free_port, require_program, wait_for
 
 
 def ws_status(url: str, origin: str | None) -> int:
@@ -292,3 +293,42 @@ def test_refused_origins_are_logged_a_few_times_a_minute():
         assert "/echo: jsonp request from 127.0.0.1 refused: Referer 'http://evil.example/x'" in lines[1]
         assert "/echo: info request from 127.0.0.1 refused: Origin 'http://evil.example:8000'" in lines[2]
         assert "Traceback" not in output
+
+
+def test_header_values_that_are_not_utf8_get_clear_answers():
+    """Every header the edge reads, with bytes that are not UTF-8 (aiohttp hands them
+    over as lone surrogates): a clear status, never a 500 or a traceback. A cookie that
+    is not a cookie value is not echoed; an origin that is not one is refused."""
+    toml = ('[server]\ntrusted_proxies = ["127.0.0.1"]\n[api]\nkey = "k"\n'
+            '[[endpoint]]\nprefix = "/echo"\nmode = "echo"\ncookie_needed = true\n'
+            '[[endpoint]]\nprefix = "/open"\nmode = "echo"\ncookie_needed = true\nallowed_origins = ["*"]\n')
+    handshake = b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    key = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    with config_gateway(toml) as gw:
+        host = f"Host: 127.0.0.1:{gw.port}\r\n".encode()
+        cases = [
+            (b"POST /echo/000/c1/xhr", b"Cookie: JSESSIONID=a\xffb\r\n", b"200", b"Set-Cookie: JSESSIONID=dummy;"),
+            (b"POST /echo/000/c2/xhr", b"Cookie: JSESSIONID=ab\r\n", b"200", b"Set-Cookie: JSESSIONID=ab;"),
+            (b"GET /open/info", b"Origin: http://\xff\r\n", b"200", b""),
+            (b"GET /echo/info", b"Origin: http://\xff\r\n", b"403", b"allowed_origins"),
+            (b"GET /echo/info", b"Origin: http://127.0.0.1\xff\r\n", b"403", b"allowed_origins"),
+            (b"OPTIONS /open/000/c3/xhr", b"Origin: http://a\r\nAccess-Control-Request-Headers: \xff\r\n", b"204", b""),
+            (b"GET /echo/000/c4/jsonp?c=cb", b"Referer: http://\xff/\r\n", b"403", b"jsonp polling needs"),
+            (b"POST /echo/000/c5/xhr", b"X-Forwarded-For: \xff, 1.2.3.4\xfe\r\n", b"200", b"o\n"),
+            (b"GET /echo/info", b"X-Forwarded-Host: \xff\r\nOrigin: http://127.0.0.1\r\n", b"403", b"allowed_origins"),
+            (b"GET /echo/websocket", handshake + b"Sec-WebSocket-Key: \xff\xff\r\n", b"400", b"Sec-WebSocket-Key"),
+            (b"GET /echo/websocket", handshake + key + b"Sec-WebSocket-Protocol: \xff\r\n", b"400", b"Protocol"),
+            (b"GET /echo/websocket", b"Upgrade: websocket\xff\r\nConnection: Upgrade\r\n", b"400", b"Upgrade"),
+            (b"GET /echo/iframe.html", b"If-None-Match: \xff\r\n", b"200", b"SockJS"),
+            (b"GET /metrics", b"Accept: \xff\r\n", b"200", b"sockway_connections"),
+            (b"GET /api/stats", b"Authorization: Bearer \xff\r\n", b"401", b"unauthorized"),
+        ]
+        for request_line, headers, status, expected in cases:
+            with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+                sock.sendall(request_line + b" HTTP/1.1\r\n" + host + headers
+                             + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+                answer = drain(sock, 5)
+            assert answer.startswith(b"HTTP/1.1 " + status + b" "), (request_line, headers, answer[:300])
+            assert expected in answer, (request_line, headers, answer[:600])
+        output = gw.output()
+        assert "Traceback" not in output and " ERROR " not in output, output[-3000:]

@@ -4,6 +4,7 @@ caching, CORS and cookie rules)."""
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 
 from aiohttp import web
@@ -42,10 +43,18 @@ def cors_headers(request: web.BaseRequest, headers) -> None:
         headers["Access-Control-Allow-Headers"] = requested
 
 
+_COOKIE_VALUE = re.compile(r"[!#-+\--:<-\[\]-~]{1,256}")
+"""A cookie value we echo: RFC 6265 section 4.1.1 cookie-octets, at most 256 of them."""
+
+
 def jsessionid(request: web.BaseRequest, headers) -> None:
     """The JSESSIONID cookie for sticky load balancers: echo the client's, or set a
-    placeholder ("JsessionidCookie" in sockjs-protocol)."""
+    placeholder ("JsessionidCookie" in sockjs-protocol). A value that is not a cookie
+    value (not ASCII: the bytes of a header that is not UTF-8, which aiohttp would drop
+    when writing it back) is not echoed: the placeholder is set instead."""
     value = request.cookies.get("JSESSIONID", "dummy")
+    if not _COOKIE_VALUE.fullmatch(value):
+        value = "dummy"
     headers["Set-Cookie"] = f"JSESSIONID={value}; path=/"
 
 
