@@ -1,4 +1,4 @@
-"""Commands from the application (DESIGN.md contract 4).
+"""Commands from the application.
 
 One JSON object per command, the same whichever way it arrives (HTTP API, ZeroMQ,
 webhook response)::
@@ -15,8 +15,10 @@ webhook response)::
     {"op": "reply", "event": "<event id>", "allow": true}
     {"op": "stats"}
 
-Every command is checked before it runs; a bad one raises :class:`CommandError` with a
-code, a message that says what is wrong, and the HTTP status the API answers with.
+Every command is checked before it runs, against its declaration in
+:mod:`sockway.bridge.schema` (the same one the HTTP API's OpenAPI document is made
+from); a bad one raises :class:`CommandError` with a code, a message that says which
+field is wrong and what was expected, and the HTTP status the API answers with.
 Nothing a command carries can crash the gateway: ``data`` (and ``info``) nested deeper
 than :data:`MAX_DEPTH` levels is refused (encoding it would exhaust the stack), a string
 with lone surrogates (which SockJS clients can produce, see sockjs.escaping) is measured
@@ -39,9 +41,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sockway import closecodes
+from sockway.bridge.schema import CommandInvalid, validate
 from sockway.brokers.base import BrokerUnavailable, StreamPosition, resolve
-from sockway.hub.channels import valid_channel
 from sockway.hub.connection import node_of
 from sockway.jsonutil import dumps
 
@@ -66,23 +67,6 @@ class CommandError(Exception):
 
     def as_dict(self) -> dict:
         return {"code": self.code, "message": self.message}
-
-
-def _require(cmd: dict, field: str, kind: type | tuple, what: str) -> Any:
-    if field not in cmd:
-        raise CommandError("bad_request", f"'{field}' is required ({what})")
-    value = cmd[field]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise CommandError("bad_request", f"'{field}' must be {what}")
-    return value
-
-
-def _channel(cmd: dict) -> str:
-    channel = _require(cmd, "channel", str, "a channel name")
-    if not valid_channel(channel):
-        raise CommandError("bad_channel",
-                           "channel names are 1-255 characters of letters, digits and _.:@/=+-")
-    return channel
 
 
 def parse_position(value: Any) -> StreamPosition | None:
@@ -156,7 +140,7 @@ class Commands:
         hub.broker.on_command = self.run_remote
 
     def _connection(self, cmd: dict):
-        conn_id = _require(cmd, "conn", str, "a connection id")
+        conn_id = cmd["conn"]
         conn = self.hub.by_id.get(conn_id)
         if conn is None:
             raise CommandError("not_found", f"no open connection {conn_id!r} on this node", 404)
@@ -244,23 +228,30 @@ class Commands:
         handler = getattr(self, f"_op_{op}", None) if isinstance(op, str) and op in OPS else None
         if handler is None:
             raise CommandError("unknown_op", f"unknown op {op!r}; known: {', '.join(OPS)}")
+        try:
+            checked = validate(cmd, op)
+        except CommandInvalid as exc:
+            raise CommandError(exc.code, exc.message) from None
         if not forwarded:
-            node = self._home(cmd, op)
+            node = self._home(checked, op)
             if node is not None:
                 result = await self._forward(node, cmd)
                 if result is not None:
                     return result
-        return await handler(cmd)
+        return await handler(checked)
+
+    # Each handler gets its command checked (bridge.schema.validate): every field there,
+    # absent ones with their default, ``since`` as a StreamPosition or None.
 
     async def _op_publish(self, cmd: dict) -> dict:
-        channel = _channel(cmd)
+        channel = cmd["channel"]
         ns = self.hub.config.namespace(channel)
         data = _data(cmd, max(ns.max_data_size, MAX_DATA))
         pub = await resolve(self.hub.channels.publish(channel, data))
         return {"channel": channel, "offset": pub.offset, "epoch": pub.epoch}
 
     async def _op_broadcast(self, cmd: dict) -> dict:
-        prefix = _require(cmd, "endpoint", str, "an endpoint prefix such as /chat")
+        prefix = cmd["endpoint"]
         endpoint = self.hub.endpoints.get(prefix)
         if endpoint is None or not hasattr(endpoint.mode, "publish"):
             raise CommandError("not_found", f"no broadcast endpoint {prefix!r}", 404)
@@ -276,35 +267,21 @@ class Commands:
 
     async def _op_subscribe(self, cmd: dict) -> dict:
         conn = self._connection(cmd)
-        channel = _channel(cmd)
-        since = parse_position(cmd.get("since"))
-        result = await resolve(conn.endpoint.mode.server_subscribe(conn, channel, since))
+        result = await resolve(conn.endpoint.mode.server_subscribe(conn, cmd["channel"], cmd["since"]))
         return result
 
     async def _op_unsubscribe(self, cmd: dict) -> dict:
         conn = self._connection(cmd)
-        channel = _channel(cmd)
-        return {"unsubscribed": conn.endpoint.mode.server_unsubscribe(conn, channel)}
+        return {"unsubscribed": conn.endpoint.mode.server_unsubscribe(conn, cmd["channel"])}
 
     async def _op_close(self, cmd: dict) -> dict:
         conn = self._connection(cmd)
-        code = cmd.get("code", closecodes.GO_AWAY)
-        reason = cmd.get("reason", "")
-        if not isinstance(code, int) or isinstance(code, bool) or not (
-            code in (1000, 1001) or 3000 <= code <= 4999
-        ):
-            raise CommandError("bad_request", "'code' must be 1000, 1001 or 3000-4999")
-        try:
-            reason_size = len(reason.encode()) if isinstance(reason, str) else None
-        except UnicodeEncodeError:  # lone surrogates: not UTF-8, cannot go in a close frame
-            reason_size = None
-        if reason_size is None or reason_size > 123:
-            raise CommandError("bad_request", "'reason' must be a string of at most 123 bytes of UTF-8")
-        conn.close(code, reason)
+        code = cmd["code"]
+        conn.close(code, cmd["reason"])
         return {"conn": conn.id, "code": code}
 
     async def _op_presence(self, cmd: dict) -> dict:
-        channel = _channel(cmd)
+        channel = cmd["channel"]
         if not self.hub.config.namespace(channel).presence:
             raise CommandError("not_enabled", f"presence is off for channel {channel!r}; "
                                "set presence = true in its [[namespace]]", 409)
@@ -312,11 +289,7 @@ class Commands:
         return {"channel": channel, "clients": clients}
 
     async def _op_history(self, cmd: dict) -> dict:
-        channel = _channel(cmd)
-        since = parse_position(cmd.get("since"))
-        limit = cmd.get("limit")
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-            raise CommandError("bad_request", "'limit' must be a non-negative integer")
+        channel, since, limit = cmd["channel"], cmd["since"], cmd["limit"]
         channels = self.hub.channels
         result = await resolve(channels.broker.history(channel, channels.policy(channel), since, limit))
         return {
@@ -329,13 +302,8 @@ class Commands:
 
     async def _op_accept(self, cmd: dict) -> dict:
         conn = self._connection(cmd)
-        user = cmd.get("user")
-        if user is not None and not isinstance(user, str):
-            raise CommandError("bad_request", "'user' must be a string")
-        info = cmd.get("info")
+        user, info = cmd["user"], cmd["info"]
         if info is not None:
-            if not isinstance(info, dict):
-                raise CommandError("bad_request", "'info' must be an object")
             json_size(info, "'info'")
         accept = getattr(conn.endpoint.mode, "accept", None)
         if accept is None:
@@ -344,11 +312,7 @@ class Commands:
         return {"conn": conn.id}
 
     async def _op_reply(self, cmd: dict) -> dict:
-        event_id = _require(cmd, "event", str, "the id of the event answered")
-        allow = _require(cmd, "allow", bool, "true or false")
-        reason = cmd.get("reason", "")
-        if not isinstance(reason, str):
-            raise CommandError("bad_request", "'reason' must be a string")
+        event_id, allow, reason = cmd["event"], cmd["allow"], cmd["reason"]
         if not self.hub.decisions.resolve(event_id, allow, reason):
             raise CommandError("not_found", f"no pending decision for event {event_id!r}", 404)
         return {"event": event_id}

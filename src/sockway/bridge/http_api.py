@@ -16,6 +16,7 @@ from aiohttp import web
 from sockway import __version__
 from sockway.bridge.commands import CommandError
 from sockway.bridge.events import encode_json
+from sockway.bridge.schema import openapi_components
 from sockway.jsonutil import loads
 
 if TYPE_CHECKING:
@@ -176,49 +177,25 @@ def add_api_routes(app: web.Application, hub: Hub, key: str) -> None:
 
 
 # -- the OpenAPI description ----------------------------------------------------------------
+# Made from the commands' declarations (bridge.schema), which also validate them.
 
-_CHANNEL = {"type": "string", "pattern": r"^[A-Za-z0-9_.:@/=+\-]{1,255}$",
-            "description": "Channel name; the part before ':' is its namespace."}
-_CONN = {"type": "string", "minLength": 1, "description": "A connection id (from an event)."}
-_POSITION = {
-    "type": "object", "required": ["offset", "epoch"], "additionalProperties": False,
-    "properties": {"offset": {"type": "integer"}, "epoch": {"type": "string"}},
-    "description": "A position in a channel's stream: what the client last saw.",
-}
-_ANY = {"description": "Any JSON value."}
-_REQUESTS = {
-    "publish": ({"channel": _CHANNEL, "data": _ANY}, ["channel", "data"],
-                "Publish to a channel: every subscriber on every node receives it."),
-    "broadcast": ({"endpoint": {"type": "string", "pattern": "^/.*"}, "data": _ANY},
-                  ["endpoint", "data"], "Publish to every client of a broadcast endpoint."),
-    "send": ({"conn": _CONN, "data": _ANY}, ["conn", "data"], "Send to one connection."),
-    "subscribe": ({"conn": _CONN, "channel": _CHANNEL, "since": _POSITION}, ["conn", "channel"],
-                  "Subscribe a connection to a channel (missed publications since 'since' first)."),
-    "unsubscribe": ({"conn": _CONN, "channel": _CHANNEL}, ["conn", "channel"],
-                    "Unsubscribe a connection from a channel."),
-    "close": ({"conn": _CONN, "code": {"type": "integer", "minimum": 1000, "maximum": 4999},
-               "reason": {"type": "string", "maxLength": 123}}, ["conn"],
-              "Close a connection (code 1000, 1001 or 3000-4999)."),
-    "presence": ({"channel": _CHANNEL}, ["channel"], "Who is in a channel (presence must be on)."),
-    "history": ({"channel": _CHANNEL, "since": _POSITION, "limit": {"type": "integer", "minimum": 0}},
-                ["channel"], "A channel's kept publications."),
-    "accept": ({"conn": _CONN, "user": {"type": ["string", "null"]}, "info": {"type": "object"}},
-               ["conn"], "Accept a connection held by an app_accept endpoint."),
-    "reply": ({"event": {"type": "string", "minLength": 1}, "allow": {"type": "boolean"},
-               "reason": {"type": "string"}}, ["event", "allow"],
-              "Answer an application-decided subscribe or publish event."),
-}
+
+def _route_body(schema: dict) -> dict:
+    """A command's schema as the body of its own route, where ``op`` may be left out."""
+    body = dict(schema)
+    body["required"] = [name for name in schema["required"] if name != "op"]
+    return body
 
 
 def openapi_document() -> dict:
     error = {"description": "Error", "content": {"application/json": {"schema": {
         "$ref": "#/components/schemas/Error"}}}}
+    commands, schemas = openapi_components()
     paths: dict = {}
-    for op, (properties, required, summary) in _REQUESTS.items():
-        schema = {"type": "object", "properties": {**properties, "op": {"const": op}},
-                  "required": required, "additionalProperties": False}
+    for op in COMMAND_ROUTES:
+        schema = _route_body(commands[op])
         paths[f"/api/{op}"] = {"post": {
-            "summary": summary, "operationId": op,
+            "summary": commands[op]["description"], "operationId": op,
             "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
             "responses": {
                 "200": {"description": "Done", "content": {"application/json": {"schema": {
@@ -227,19 +204,23 @@ def openapi_document() -> dict:
             },
         }}
     for op in ("presence", "history"):
-        params = [{"name": "channel", "in": "query", "required": True, "schema": _CHANNEL}]
+        fields = commands[op]["properties"]
+        params = [{"name": "channel", "in": "query", "required": True, "schema": fields["channel"]}]
         if op == "history":
             params.append({"name": "limit", "in": "query", "required": False,
-                           "schema": {"type": "integer", "minimum": 0}})
+                           "schema": fields["limit"]["anyOf"][0]})
         paths[f"/api/{op}"]["get"] = {
-            "summary": _REQUESTS[op][2], "operationId": f"{op}_get", "parameters": params,
+            "summary": commands[op]["description"], "operationId": f"{op}_get", "parameters": params,
             "responses": {"200": {"description": "Done", "content": {"application/json": {"schema": {
                 "$ref": "#/components/schemas/Result"}}}}, "400": error, "401": error, "409": error},
         }
     paths["/api/commands"] = {"post": {
         "summary": "Run several commands in order.", "operationId": "commands",
         "requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "type": "array", "maxItems": 1000, "items": {"type": "object"}}}}},
+            "type": "array", "maxItems": 1000, "items": {
+                "anyOf": [{"$ref": f"#/components/schemas/{commands[op]['title']}"} for op in commands],
+                "discriminator": {"propertyName": "op", "mapping": {
+                    op: f"#/components/schemas/{commands[op]['title']}" for op in commands}}}}}}},
         "responses": {"200": {"description": "One result or error per command", "content": {
             "application/json": {"schema": {"type": "object", "required": ["results"], "properties": {
                 "results": {"type": "array"}}}}}}, "400": error, "401": error, "413": error},
@@ -262,6 +243,7 @@ def openapi_document() -> dict:
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             },
             "schemas": {
+                **schemas,
                 "Result": {"type": "object", "required": ["result"],
                            "properties": {"result": {"type": "object"}}},
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {
