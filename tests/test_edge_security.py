@@ -18,7 +18,17 @@ import websockets
 from aiohttp.test_utils import make_mocked_request
 
 from sockway.edge.security import ProxyPolicy
-from support import GatewayProcess, config_gateway, drain, endpoint_connections, free_port, require_program, wait_for
+from support import (
+    HIXIE_KEY1,
+    HIXIE_KEY2,
+    GatewayProcess,
+    config_gateway,
+    drain,
+    endpoint_connections,
+    free_port,
+    require_program,
+    wait_for,
+)
 
 
 def ws_status(url: str, origin: str | None) -> int:
@@ -282,6 +292,11 @@ def test_refused_origins_are_logged_a_few_times_a_minute():
     with config_gateway(ECHO) as gw:
         assert ws_status(gw.ws_url + "/echo/websocket", "http://evil.example") == 403
         assert http_status(gw.url + "/echo/000/l1/jsonp?c=cb", {"Referer": "http://evil.example/x"})[0] == 403
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:  # hixie-76
+            sock.sendall(f"GET /echo/000/l2/websocket HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n"
+                         "Connection: Upgrade\r\nUpgrade: WebSocket\r\nOrigin: http://evil.example\r\n"
+                         f"Sec-WebSocket-Key1: {HIXIE_KEY1}\r\nSec-WebSocket-Key2: {HIXIE_KEY2}\r\n\r\n".encode())
+            assert drain(sock, 5).startswith(b"HTTP/1.1 403 ")
         for _ in range(40):
             assert http_status(gw.url + "/echo/info", {"Origin": "http://evil.example:8000"})[0] == 403
         assert http_status(gw.url + "/echo/info", {"Origin": gw.url})[0] == 200  # a marker: all came before it
@@ -291,7 +306,8 @@ def test_refused_origins_are_logged_a_few_times_a_minute():
         assert "WARNING sockway.edge: /echo: raw_websocket request from 127.0.0.1 refused: " \
                "Origin 'http://evil.example'; allowed: same origin only" in lines[0]
         assert "/echo: jsonp request from 127.0.0.1 refused: Referer 'http://evil.example/x'" in lines[1]
-        assert "/echo: info request from 127.0.0.1 refused: Origin 'http://evil.example:8000'" in lines[2]
+        assert "/echo: hixie-76 websocket request from 127.0.0.1 refused: Origin 'http://evil.example'" in lines[2]
+        assert "/echo: info request from 127.0.0.1 refused: Origin 'http://evil.example:8000'" in lines[3]
         assert "Traceback" not in output
 
 
