@@ -9,7 +9,7 @@ import contextlib
 import json
 import os
 import re
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
@@ -137,7 +137,11 @@ class RawSession:
         returns (it is attached); a poll has been sent."""
         method, suffix, query = RECEIVE[transport]
         url = f"{self.url}/{suffix}" + (f"?{query}" if query else "")
-        receiving = Receiving(transport, asyncio.ensure_future(self.http.request(method, url)))
+        # A jsonp poll is a <script> load: no Origin, and a gateway with an allow-list (the
+        # same-origin default too) wants the Referer of a page it allows: the gateway's own.
+        parts = urlsplit(self.base)
+        headers = {"Referer": f"{parts.scheme}://{parts.netloc}/"} if transport == "jsonp-polling" else None
+        receiving = Receiving(transport, asyncio.ensure_future(self.http.request(method, url, headers=headers)))
         if transport in STREAMING:
             await receiving.response()
         else:
