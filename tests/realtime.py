@@ -347,14 +347,23 @@ class ChannelsClient:
     async def messages(self, count: int, timeout: float = T, kind: str = "message") -> list[dict]:
         return [await self.next(kind, timeout) for _ in range(count)]
 
-    async def quiet(self, wait: float = 0.3) -> list[dict]:
-        """Everything that arrives within ``wait`` seconds (expected: nothing)."""
+    async def before_marker(self, timeout: float = T) -> list[dict]:
+        """Everything received before the reply to a ping sent now, the marker: what was
+        waiting, and whatever the gateway sent this connection before it answered the
+        ping (expected, usually: nothing). Instead of waiting for silence: replies and
+        everything a memory broker delivers are queued in order, so anything due before
+        now is in the list. (Publications through Redis or NATS may lag the ping: for
+        those, publish a marker on the channel itself.)"""
+        marker = f"marker-{next(self._ids)}"
+        await self.send({"op": "ping", "id": marker})
         got = list(self.inbox)
         self.inbox.clear()
-        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-            while True:
-                got.append(await self._read(wait))
-        return got
+        deadline = time.monotonic() + timeout
+        while True:
+            message = await self._read(max(0.01, deadline - time.monotonic()))
+            if message.get("type") == "reply" and message.get("id") == marker:
+                return got
+            got.append(message)
 
     async def closed(self, timeout: float = T) -> Closed:
         """Read until the server closes; returns the close."""

@@ -216,25 +216,30 @@ async def test_retries_after_500(gw):
             assert stats["events"]["outputs"]["webhook"]["queued"] == 0
 
 
-async def _failing_three_times(gw) -> tuple[App, list[dict]]:
-    """Each batch fails 3 times (500) before it is taken; returns the app and what it took."""
+async def _failing_three_times(gw, done) -> tuple[App, list[dict]]:
+    """Each batch fails 3 times (500) before it is taken; returns the app and what it
+    took once ``done(app, stats)`` (the webhook output's stats) holds, within 10 s."""
     async def flaky(record: dict, events: list[dict]):
         attempts = sum(r["body"] == record["body"] for r in app.requests)
         return (500, None) if attempts <= 3 else (200, None)
 
-    async with app_server(gw.app_port) as app:
+    async with app_server(gw.app_port) as app, aiohttp.ClientSession() as http:
         app.behaviour = flaky
         ws = await RawWS.connect(gw.ws_url + "/app/websocket")
         await ws.send_text("one")
         await ws.close()
-        await asyncio.sleep(3.0)  # 0.2 + 0.4 + 0.8 s of backoff, and time to spare
+
+        async def finished() -> bool:
+            return done(app, (await Api(http, gw).stats())["events"]["outputs"]["webhook"])
+
+        await eventually(finished, timeout=10)  # 0.2 + 0.4 + 0.8 s of backoff per batch
         return app, app.delivered()
 
 
 @pytest.mark.parametrize("gw", [{"max_retries": 1}], indirect=True)
 @run(timeout=60)
 async def test_a_batch_is_dropped_after_max_retries(gw):
-    app, delivered = await _failing_three_times(gw)
+    app, delivered = await _failing_three_times(gw, lambda app, out: out["failed"] == 3)
     assert delivered == []
     assert len({r["body"] for r in app.requests}) >= 1 and len(app.requests) >= 2
     async with aiohttp.ClientSession() as http:
@@ -245,7 +250,8 @@ async def test_a_batch_is_dropped_after_max_retries(gw):
 @pytest.mark.parametrize("gw", [{"max_retries": -1}], indirect=True)
 @run(timeout=60)
 async def test_max_retries_minus_one_retries_until_delivered(gw):
-    app, delivered = await _failing_three_times(gw)
+    app, delivered = await _failing_three_times(
+        gw, lambda app, out: any(e["type"] == "close" for e in app.delivered()))
     assert messages_of(delivered) == ["one"]
     assert [e["type"] for e in delivered] == ["open", "message", "close"]
     taken = [r for r in app.requests if r.get("status") == 200]
@@ -292,7 +298,8 @@ async def test_client_error_not_retried(gw):
         await eventually(lambda: app.delivered())
         await ws.send_text("poison")
         await eventually(lambda: any(r.get("status") == 400 for r in app.requests))
-        await asyncio.sleep(1.0)  # a retry would have come by now
+        # Batches go out one after the other, a retry before the next batch: once the
+        # batches sent after it (the marker) are taken, a retry would have been seen.
         await ws.send_text("fine")
         await ws.close()
         await eventually(lambda: any(e["type"] == "close" for e in app.delivered()))

@@ -417,16 +417,18 @@ class Client:
     async def messages(self, count: int, timeout: float = T) -> list[dict]:
         return [await self.next("message", timeout) for _ in range(count)]
 
-    async def quiet(self, wait: float = 0.3, kind: str | None = "message") -> list[dict]:
-        """What arrives within ``wait`` seconds (of type ``kind``; expected: nothing)."""
-        got = [m for m in self.inbox if kind is None or m.get("type") == kind]
-        self.inbox.clear()
-        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-            while True:
-                message = await self._read(wait)
-                if kind is None or message.get("type") == kind:
-                    got.append(message)
-        return got
+    async def until_marker(self, marker: str, channel: str, timeout: float = 10.0) -> list[dict]:
+        """The messages this client receives on ``channel`` before ``marker``
+        (:func:`publish_marker`). A channel's publications arrive in offset order, so
+        whatever was due before the marker is in the list (expected, usually: nothing):
+        instead of waiting for silence."""
+        deadline = time.monotonic() + timeout
+        got = []
+        while True:
+            message = await self.next("message", max(0.01, deadline - time.monotonic()))
+            if message.get("channel") == channel and message.get("data") == marker:
+                return got
+            got.append(message)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -446,6 +448,17 @@ async def api(gw: GatewayProcess, op: str, **fields: Any) -> tuple[int, Any]:
             return exc.code, json.loads(exc.read() or b"null")
 
     return await asyncio.to_thread(call)
+
+
+async def publish_marker(gw: GatewayProcess, channel: str, timeout: float = 10.0) -> str:
+    """Publish a marker on ``channel`` through ``gw`` (retried while the broker refuses,
+    within ``timeout``) for :meth:`Client.until_marker`; returns it."""
+    marker = f"marker {os.urandom(4).hex()}"
+    deadline = time.monotonic() + timeout
+    while (status := (await api(gw, "publish", channel=channel, data=marker))[0]) != 200:
+        assert time.monotonic() < deadline, f"the marker could not be published: {status}"
+        await asyncio.sleep(0.1)
+    return marker
 
 
 async def api_ok(gw: GatewayProcess, op: str, **fields: Any) -> dict:

@@ -14,7 +14,7 @@ import asyncio
 import os
 
 import pytest
-from cluster import Client, Closed, api, api_ok, eventually, nodes, start_node, stop_node
+from cluster import Client, Closed, api, api_ok, eventually, nodes, publish_marker, start_node, stop_node
 from realtime_run import run
 
 pytestmark = pytest.mark.timeout(90)
@@ -47,7 +47,9 @@ async def test_delivery_in_order_exactly_once(cluster):
         assert [m["offset"] for m in got] == list(range(1, 61))
         assert [m["data"] for m in got] == list(range(60))
         assert len({m["epoch"] for m in got}) == 1
-        assert await s.quiet(0.3) == []
+    marker = await publish_marker(b, channel)
+    for s in subscribers:
+        assert await s.until_marker(marker, channel) == []
     for s in [*subscribers, publisher]:
         await s.close()
 
@@ -225,5 +227,7 @@ async def test_concurrent_publishers_on_several_nodes(cluster):
         assert [m["offset"] for m in got] == list(range(1, 61))
         for i in range(3):  # each publisher's own order is kept
             assert [m["data"] for m in got if m["data"].startswith(f"{i}-")] == [f"{i}-{n}" for n in range(20)]
-        assert await s.quiet(0.2) == []
+    marker = await publish_marker(cluster.pick(0), channel)
+    for s in subscribers:
+        assert await s.until_marker(marker, channel) == []
         await s.close()

@@ -20,6 +20,7 @@ from cluster import (
     broker_server,
     eventually,
     nodes,
+    publish_marker,
     ready,
     start_node,
     stop_node,
@@ -86,19 +87,17 @@ class Publisher:
         await asyncio.wait_for(self.task, 15)
 
 
-async def received_until(client: Client, last: int, timeout: float = 10.0) -> list[int]:
-    got: list[int] = []
-    deadline = time.monotonic() + timeout
-    while not got or got[-1] != last:
-        message = await client.next("message", max(0.1, deadline - time.monotonic()))
-        got.append(message["data"])
-    return got + [m["data"] for m in await client.quiet(0.3)]
+async def received(client: Client, publisher: Publisher) -> list[int]:
+    """What ``client`` received of ``publisher``'s stopped run: every publication before
+    a marker published after it on the same channel."""
+    marker = await publish_marker(publisher.gw, publisher.channel)
+    return [m["data"] for m in await client.until_marker(marker, publisher.channel)]
 
 
 async def check_delivery(client: Client, publisher: Publisher) -> None:
     """What ``client`` received of ``publisher``'s stopped run, checked: in order and
     once, every acknowledged publication, and nothing that was never published."""
-    got = await received_until(client, publisher.ok[-1])
+    got = await received(client, publisher)
     assert got == sorted(set(got)), "out of order or duplicated"
     assert set(publisher.ok) <= set(got), set(publisher.ok) - set(got)
     assert set(got) <= set(publisher.ok) | set(publisher.failed)
@@ -133,7 +132,7 @@ async def test_redis_restart_during_traffic(own_redis):
         # History did not survive (no persistence): a new epoch; an old position is not recovered.
         after = await api_ok(b, "history", channel=channel, limit=1)
         assert after["epoch"] != first["epoch"]
-        assert after["offset"] == len(publisher.ok) - len(before)
+        assert after["offset"] == len(publisher.ok) - len(before) + 1  # and the marker
         other = await Client.connect(b)
         result = await other.ok("subscribe", channel=channel,
                                 since={"offset": len(before), "epoch": first["epoch"]})
@@ -159,7 +158,7 @@ async def test_pubsub_connection_cut_gap_is_filled(redis_server, redis_nodes):
     await eventually(lambda: len(publisher.ok) >= count + 50, timeout=10)
     await publisher.stop()
     assert publisher.failed == []
-    got = await received_until(sub, publisher.ok[-1])
+    got = await received(sub, publisher)
     assert got == publisher.ok
     await sub.close()
 
@@ -263,7 +262,9 @@ async def test_commands_from_redis(redis_server, redis_nodes):
     for s in subs:
         got = await s.messages(1)
         assert [m["data"] for m in got] == ["via pubsub"]
-        assert await s.quiet(0.3) == []
+    marker = await publish_marker(a, channel)
+    for s in subs:
+        assert await s.until_marker(marker, channel) == []
     for s in subs:
         await s.close()
     commands.redis.close()
@@ -343,5 +344,5 @@ async def test_quiet_channel_gap_is_filled_after_a_cut(redis_server, redis_nodes
     for i in range(3):
         await api_ok(b, "publish", channel=channel, data=i)
     assert [m["data"] for m in await sub.messages(3)] == [0, 1, 2]
-    assert await sub.quiet(0.3) == []
+    assert await sub.until_marker(await publish_marker(b, channel), channel) == []
     await sub.close()

@@ -145,7 +145,7 @@ async def test_connected_ping_and_anonymous_user(gw, sockjs):
     assert await c.next("reply") == {"type": "reply", "id": "abc", "result": {"pong": True}}
     # No id, success: no reply at all.
     await c.send({"op": "ping"})
-    assert await c.quiet() == []
+    assert await c.before_marker() == []
     await c.close()
 
 
@@ -169,7 +169,7 @@ async def test_subscribe_publish_unsubscribe(gw, sockjs):
     assert await a.ok("unsubscribe", channel=channel) == {"unsubscribed": True}
     assert await a.ok("unsubscribe", channel=channel) == {"unsubscribed": False}
     await b.ok("publish", channel=channel, data="after")
-    assert await a.quiet() == []
+    assert await a.before_marker() == []
     await a.close()
     await b.close()
 
@@ -433,7 +433,7 @@ async def test_auth_after_connecting_anonymously(gw, tokens):
         presence = await c.ok("presence", channel="login-room")
         assert presence["clients"][c.conn]["user"] == "frank"
         assert await c.error("auth", token=tokens.rs("frank")) == "bad_request"
-        assert [m for m in await c.quiet() if m.get("type") == "connected"] == []
+        assert [m for m in await c.before_marker() if m.get("type") == "connected"] == []
         await c.close()
         events = await worker.events_of(c.conn, 3)
         assert [(e["type"], e["seq"], e.get("user")) for e in events] == [
@@ -492,7 +492,7 @@ async def test_presence_and_join_leave(gw, tokens):
         assert await a.error("presence", channel="nopres:x") == "not_enabled"
         status, body = await api.post("presence", {"channel": "nopres:x"})
         assert status == 409 and body["error"]["code"] == "not_enabled"
-        assert [m for m in await a.quiet() if m["type"] in ("join", "leave")] == []
+        assert [m for m in await a.before_marker() if m["type"] in ("join", "leave")] == []
         await a.close()
         await c.close()
 

@@ -157,9 +157,20 @@ class Trace:
             self.dropped = frame["dropped"]
         return self.records
 
-    async def quiet(self, seconds: float = 0.5) -> list[dict]:
-        """Read whatever comes within ``seconds``."""
-        await self.until(lambda records: False, seconds)
+    async def before_marker(self, is_marker: Callable[[dict], bool], *, own_connection: bool = False,
+                            timeout: float = T) -> list[dict]:
+        """Read until the marker record (the last thing the test made happen) comes, and
+        keep only the records before it; with ``own_connection`` (the marker was made on
+        a connection of its own), before that connection's first record. A watcher gets
+        records in the order they happen, so these are all that came before: instead of
+        waiting for silence."""
+        await self.until(lambda records: any(is_marker(r) for r in records), timeout)
+        marker = next((r for r in self.records if is_marker(r)), None)
+        assert marker is not None, f"the marker never came; the last records: {self.records[-5:]}"
+        cut = self.records.index(marker)
+        if own_connection:
+            cut = next(i for i, r in enumerate(self.records) if r.get("conn") == marker["conn"])
+        self.records = self.records[:cut]
         return self.records
 
 

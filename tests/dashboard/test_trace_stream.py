@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 
@@ -214,9 +215,13 @@ def test_channel_filter_and_publications(gw):
                 await a.send(json.dumps({"op": "ping", "id": 7}))
                 await b.send(json.dumps({"op": "ping", "id": 8}))
                 assert json.loads(await asyncio.wait_for(a.recv(), T))["channel"] == channel
-                await t.until(lambda rs: records_of(rs, conn=a_id, dir="out", kind="ws-text")
-                              and any('"id":7' in r["data"] for r in rs))
-                await t.quiet(0.5)
+                assert json.loads(await asyncio.wait_for(b.recv(), T))["channel"] == other
+                assert json.loads(await asyncio.wait_for(b.recv(), T))["id"] == 8
+                # A marker publication: every record due before it comes before it.
+                status, body = await asyncio.to_thread(api_command, gw.url, "publish",
+                                                       {"channel": channel, "data": "marker"})
+                assert status == 200, body
+                await t.before_marker(lambda r: r.get("dir") == "publish" and r.get("data") == "marker")
                 return a_id, b_id, t.records
         finally:
             await a.close()
@@ -266,11 +271,19 @@ def test_endpoint_connection_user_and_regex_filters(gw):
                     for ws in (first, second):
                         await ws.send(json.dumps({"op": "ping", "id": 1}))
                         await asyncio.wait_for(ws.recv(), T)
-                    await by_conn.until(lambda rs: records_of(rs, dir="out", kind="ws-text"))
-                    await by_conn.quiet(0.3)
-            for t, enough in ((by_endpoint, 6), (by_user, 4), (by_regex, 4), (by_both, 2)):
-                await t.until(lambda rs, n=enough: len(rs) >= n)
-                await t.quiet(0.3)
+                    await second.send(json.dumps({"op": "ping", "id": "marker"}))  # the marker
+                    await asyncio.wait_for(second.recv(), T)
+                    await by_conn.before_marker(lambda r: '"marker"' in (r.get("data") or ""))
+            # Markers on connections of their own, made last: alice's matches by_user,
+            # by_regex and by_both; the one on /other by_endpoint (and by_regex).
+            markers = [f"needle-{os.urandom(5).hex()}" for _ in range(2)]
+            for url, marker in ((gw.ws_url + "/echo/websocket?token=" + token("alice"), markers[0]),
+                                (gw.ws_url + "/other/websocket", markers[1])):
+                async with websockets.connect(url, open_timeout=T) as ws:
+                    await ws.send(marker)
+                    assert await asyncio.wait_for(ws.recv(), T) == marker
+            for t in (by_endpoint, by_user, by_regex, by_both):
+                await t.before_marker(lambda r: r.get("data") in markers, own_connection=True)
             return first_id, second_id, by_endpoint, by_user, by_regex, by_both, by_conn
 
     first_id, second_id, by_endpoint, by_user, by_regex, by_both, by_conn = asyncio.run(main())
