@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sockway.jsonutil import HAVE_ORJSON
+from sockway.jsonutil import HAVE_ORJSON, Json, exact
 
 if HAVE_ORJSON:
     import orjson
@@ -54,10 +54,25 @@ def encode_json(obj: Any) -> bytes:
     library with non-ASCII characters escaped."""
     if HAVE_ORJSON:
         try:
-            return orjson.dumps(obj)
+            return exact(orjson.dumps(obj, default=_embed))
         except TypeError:
             pass
-    return json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    return json.dumps(obj, ensure_ascii=True, separators=(",", ":"), default=_value).encode("ascii")
+
+
+def _embed(obj: Any) -> Any:
+    """A :class:`Json` (publication data in a history answer) goes in as it is, unless
+    its bytes are not UTF-8 (a lone surrogate): then as its value, which sends the
+    whole document down the escaped path."""
+    if isinstance(obj, Json):
+        return orjson.Fragment(obj.raw) if obj.utf8() else obj.value
+    raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
+
+
+def _value(obj: Any) -> Any:
+    if isinstance(obj, Json):
+        return obj.value
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
 class EventQueue:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 
-from sockway.jsonutil import HAVE_ORJSON
+from sockway.jsonutil import HAVE_ORJSON, exact
 
 if HAVE_ORJSON:
     import orjson
@@ -38,7 +38,7 @@ def quote(text: str) -> bytes:
     every character of ESCAPABLE_BY_SERVER written as ``\\uXXXX``."""
     if ESCAPABLE_BY_SERVER.search(text) is None:
         if HAVE_ORJSON:
-            return orjson.dumps(text)
+            return exact(orjson.dumps(text))  # kept in session queues: its exact size
         return json.dumps(text, ensure_ascii=False).encode("utf-8")
     encoded = json.dumps(text, ensure_ascii=False)
     return ESCAPABLE_BY_SERVER.sub(_escape, encoded).encode("utf-8")
