@@ -157,6 +157,13 @@ class NamespaceConfig:
     """Publications kept for recovery and history queries (0: none)."""
     history_ttl: float = 0.0
     """Seconds a publication stays in history (0: until pushed out by history_size)."""
+    history_max_bytes: int = 4 << 20
+    """Bytes of history kept per channel: each publication counts its data's JSON (or
+    binary) bytes plus 500 for its bookkeeping; the oldest go first, and a publication
+    larger than the bound is delivered but not kept. Memory engine: what a channel's
+    history costs in the gateway at most; Redis: the same bound, in Redis; NATS: the
+    bound of what history queries and recovery return (the stream keeps history_size + 1
+    messages, each at most the server's max_payload)."""
     presence: bool = False
     """Track who is subscribed (connection id, user id, info)."""
     join_leave: bool = False
@@ -179,7 +186,7 @@ class NamespaceConfig:
         if self.join_leave and not self.presence:
             raise ConfigError(f"namespace {self.name!r}: join_leave needs presence = true")
         _at_least(self, f"namespace {self.name!r}", 0, "history_size", "history_ttl")
-        _at_least(self, f"namespace {self.name!r}", 1, "max_data_size")
+        _at_least(self, f"namespace {self.name!r}", 1, "max_data_size", "history_max_bytes")
 
 
 @dataclass
@@ -333,6 +340,19 @@ class ServerConfig:
     """debug | info | warning | error."""
     access_log: bool = False
     """Log every HTTP request (costly at high request rates)."""
+    max_channels: int = 100_000
+    """Channels this process holds: channels with subscribers here, and (memory engine)
+    channels kept for their history or position. A subscription to a new channel
+    beyond it is refused (channels protocol error ``channel_limit``, HTTP API 503);
+    existing channels keep working. The memory engine first makes room by dropping the
+    history of a channel nobody is subscribed to, the one published to least recently.
+    A channel costs about 1.3 KiB with one subscriber (100,000: 130 MiB), 1 KiB kept
+    for its history alone, besides the history itself."""
+    node_history_max_bytes: int = 256 << 20
+    """Memory engine: bytes of history of all channels together, counted as for
+    ``history_max_bytes``. Past it, the oldest publications of the channels published
+    to least recently are dropped (a client recovering past them gets ``recovered:
+    false``). Redis and NATS keep history in the broker, not in this process."""
     event_queue_size: int = 100_000
     """Application events waiting for a slow or absent application, per output. When
     full, message events are dropped (counted and logged); open and close events are
@@ -370,7 +390,8 @@ class ServerConfig:
             raise ConfigError("log_format must be text or json")
         _check_origins(self.allowed_origins, "[server]")
         _at_least(self, "[server]", 0, "socket_send_buffer", "shutdown_timeout", "worker_ports")
-        _at_least(self, "[server]", 1, "max_connections", "event_queue_size")
+        _at_least(self, "[server]", 1, "max_connections", "event_queue_size", "max_channels",
+                  "node_history_max_bytes")
         if not self.sweep_interval > 0:
             raise ConfigError(f"[server]: sweep_interval must be a positive number of seconds "
                               f"(got {self.sweep_interval})")

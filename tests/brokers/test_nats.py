@@ -292,13 +292,14 @@ async def test_a_burst_of_publishes_is_appended_in_batches(nats_server):
         channel = unique("burst")
         policy = HistoryPolicy(size=1000)
         got: list[tuple[int, object]] = []
-        subscriber.on_publication = lambda pub: got.append((pub.offset, pub.data)) if pub.channel == channel else None
+        subscriber.on_publication = (
+            lambda pub: got.append((pub.offset, pub.data.value)) if pub.channel == channel else None)
         await resolve(subscriber.interest(channel, True))
         epoch = (await resolve(subscriber.history(channel, policy))).position.epoch
 
         pubs = await asyncio.gather(*(resolve(publisher.publish(channel, {"n": n}, policy)) for n in range(300)))
         assert [p.offset for p in pubs] == list(range(1, 301))
-        assert [p.data for p in pubs] == [{"n": n} for n in range(300)]
+        assert [p.data.value for p in pubs] == [{"n": n} for n in range(300)]
         assert {p.epoch for p in pubs} == {epoch}
         assert 0 < publisher.stats["batches"] < 300, dict(publisher.stats)
 
@@ -310,7 +311,7 @@ async def test_a_burst_of_publishes_is_appended_in_batches(nats_server):
             r = await resolve(subscriber.history(channel, policy, StreamPosition(since, epoch)))
             assert r.recovered and [p.offset for p in r.publications] == list(range(since + 1, 301)), since
         last = await resolve(subscriber.history(channel, HistoryPolicy(size=1000), None, 5))
-        assert [p.data for p in last.publications] == [{"n": n} for n in range(295, 300)]
+        assert [p.data.value for p in last.publications] == [{"n": n} for n in range(295, 300)]
 
 
 @run(60)

@@ -6,6 +6,11 @@ string that changes whenever the channel's history is lost or reset, so that a c
 holding ``(offset, epoch)`` can tell "I missed offsets 42..57" (recoverable from
 history) from "that history is gone" (not recoverable).
 
+A publication's data is held as its encoding from the moment it comes in (a
+:class:`~sockway.jsonutil.Json`, or ``bytes`` for binary data), never as a parsed value:
+history is counted and bounded in bytes, and an array of ten thousand empty objects
+costs what its JSON costs, not ten thousand Python dicts.
+
 Methods may answer synchronously (the memory broker does: no task, no await on the hot
 path) or return an awaitable (network brokers); callers go through :func:`resolve`
 when they need the value, and check ``isinstance(result, ...)`` on hot paths.
@@ -22,21 +27,49 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from sockway.jsonutil import Json
+
 __all__ = [
+    "ENTRY_OVERHEAD",
     "Broker",
     "BrokerUnavailable",
+    "ChannelLimit",
+    "Data",
     "HistoryPolicy",
     "HistoryResult",
     "MaybeAwaitable",
     "Publication",
     "StreamPosition",
+    "as_data",
+    "data_size",
+    "entry_cost",
     "new_epoch",
+    "newest_within",
     "resolve",
     "wait_subscribed",
 ]
 
 T = TypeVar("T")
 MaybeAwaitable = T | Awaitable[T]
+
+Data = Json | bytes
+"""A publication's data: a JSON value as its encoding, or binary data (a raw WebSocket
+client's binary message on a broadcast endpoint)."""
+
+
+def data_size(data: Data) -> int:
+    """Bytes of publication data: its JSON encoding, or the binary data."""
+    return len(data.raw) if isinstance(data, Json) else len(data)
+
+
+def as_data(value: Any) -> Data:
+    """``value`` as publication data: :class:`Json` and ``bytes`` as they are, other
+    binary types as ``bytes``, any other value encoded once as JSON."""
+    if isinstance(value, (Json, bytes)):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    return Json.encode(value)
 
 
 def new_epoch() -> str:
@@ -60,13 +93,17 @@ class Publication:
     channel: str
     offset: int
     epoch: str
-    data: Any
-    """A JSON value."""
+    data: Data
+    """A JSON value as its encoding, or binary data; never a parsed value (see the
+    module docstring)."""
     info: dict | None = None
     """Who published it (``{"conn": ..., "user": ...}``), when a client did."""
     time: float = field(default_factory=time.time)
-    cache: dict = field(default_factory=dict, compare=False, repr=False)
-    """Encodings of this publication, computed once per format (see hub.channels)."""
+
+    @property
+    def size(self) -> int:
+        """Bytes of the data: its JSON encoding, or the binary data."""
+        return data_size(self.data)
 
     def as_dict(self) -> dict:
         out = {"channel": self.channel, "offset": self.offset, "epoch": self.epoch,
@@ -82,6 +119,38 @@ class HistoryPolicy:
     """Publications kept per channel (0: none)."""
     ttl: float = 0.0
     """Seconds a publication is kept (0: until pushed out by ``size``)."""
+    max_bytes: int = 0
+    """Bytes of history kept per channel, counted by :func:`entry_cost` (0: no bound
+    in bytes): the oldest publications go first, and a publication larger than the
+    whole bound is delivered but not kept."""
+
+
+ENTRY_OVERHEAD = 500
+"""Bytes a publication costs in history besides its data, counted in every bound in
+bytes (``history_max_bytes``, ``node_history_max_bytes``). Measured (RSS) for the
+memory engine: 490 bytes for a client's publication (the Publication, its info with
+its own connection id, offset, time, the data's wrapper and header, the queue's slot),
+240 for the application's. The Redis engine and the NATS engine's view count the same,
+so that every engine keeps the same publications."""
+
+
+def entry_cost(pub: Publication) -> int:
+    """What a publication counts for in history: its data's bytes plus
+    :data:`ENTRY_OVERHEAD`."""
+    return data_size(pub.data) + ENTRY_OVERHEAD
+
+
+def newest_within(pubs: list[Publication], max_bytes: int) -> list[Publication]:
+    """The newest of ``pubs`` (oldest first) whose costs add up to ``max_bytes`` at
+    most: what a channel with that bound keeps (all of them when ``max_bytes`` is 0)."""
+    if not max_bytes:
+        return pubs
+    total = 0
+    for i in range(len(pubs) - 1, -1, -1):
+        total += entry_cost(pubs[i])
+        if total > max_bytes:
+            return pubs[i + 1:]
+    return pubs
 
 
 @dataclass(slots=True)
@@ -92,6 +161,16 @@ class HistoryResult:
     recovered: bool = True
     """For a query ``since`` a position: True when ``publications`` is exactly
     everything after it (same epoch, nothing expired in between)."""
+
+
+class ChannelLimit(Exception):
+    """A new channel was refused: the node holds its maximum number of channels
+    (``[server] max_channels``). Existing channels keep working."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this node holds its maximum of {limit} channels (max_channels); "
+                         "new channels are refused until some are released")
+        self.limit = limit
 
 
 class BrokerUnavailable(Exception):
@@ -173,6 +252,12 @@ class Broker(ABC):
         were sent."""
         raise NotImplementedError
 
+    def set_limits(self, max_channels: int, history_bytes: int) -> None:  # noqa: B027 - optional
+        """Bounds for engines that keep channels in this process: channels at most
+        (``[server] max_channels``) and bytes of history of all channels together
+        (``[server] node_history_max_bytes``). Network engines keep neither (their
+        history is in the broker) and ignore them."""
+
     def app_bridges(self, hub: Any) -> list:
         """Application event outputs and command inputs the engine itself provides
         (objects with ``start()`` and ``stop()``), started with the gateway's bridges."""
@@ -195,7 +280,9 @@ class Broker(ABC):
     @abstractmethod
     def publish(self, channel: str, data: Any, policy: HistoryPolicy,
                 info: dict | None = None) -> MaybeAwaitable[Publication]:
-        """Append to the channel and deliver to every node with interest in it."""
+        """Append to the channel and deliver to every node with interest in it.
+        ``data`` is made :data:`Data` with :func:`as_data`. Raises :class:`ChannelLimit`
+        when the channel is new and the node cannot hold another one."""
 
     @abstractmethod
     def interest(self, channel: str, on: bool) -> MaybeAwaitable[None]:

@@ -69,6 +69,12 @@ What each guarantee rests on:
   its channels every ``presence_ttl / 3`` and tells its own subscribers about members
   that vanished (expired).
 
+History in bytes: JetStream has no limit in bytes per subject, so ``history_max_bytes``
+bounds what history queries and recovery return (the newest publications that fit, as
+the other engines keep them); what a subject stores is bounded by its ``size + 1``
+messages of at most the server's ``max_payload`` each. Publications read back hold
+their data as its JSON bytes (wire.publication_at), never parsed.
+
 History with file storage survives a NATS restart (JetStream keeps it on disk). While
 NATS is away nodes keep their clients, ``ready`` is false, broker operations fail with
 :class:`BrokerUnavailable`, and nats-py reconnects (every 0.5 s) and restores the
@@ -101,7 +107,9 @@ from sockway.brokers.base import (
     HistoryResult,
     Publication,
     StreamPosition,
+    as_data,
     new_epoch,
+    newest_within,
     wait_subscribed,
 )
 from sockway.brokers.urls import TRUE, events_on, jetstream_name, nats_servers, split_options
@@ -651,6 +659,7 @@ class NatsBroker(Broker):
         channel appends what is queued: alone when it is alone, otherwise as batches
         (:meth:`_drain`)."""
         now = time.time()
+        data = as_data(data)
         body = publication_body(data, info, now)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -809,8 +818,9 @@ class NatsBroker(Broker):
         horizon = time.time() - policy.ttl if policy.ttl else 0.0
         if since is None:
             # What the policy says: the last ``size`` publications (the subject may
-            # keep more when its messages are batches).
+            # keep more when its messages are batches), within ``max_bytes``.
             pubs = [p for p, _seq in items[-policy.size:] if p.time >= horizon] if policy.size else []
+            pubs = newest_within(pubs, policy.max_bytes)
             if limit is not None:
                 pubs = pubs[-limit:] if limit > 0 else []
             return HistoryResult(pubs, position, True)
@@ -822,7 +832,9 @@ class NatsBroker(Broker):
         # exactly the memory engine's answer.)
         seqs = sorted({seq for _p, seq in items})[-policy.size:] if policy.size else []
         oldest = seqs[0] if seqs else 0
-        missed = [p for p, seq in items if seq >= oldest and p.offset > since.offset and p.time >= horizon]
+        # Within ``max_bytes`` as the memory engine keeps it: the newest that fit.
+        kept = newest_within([p for p, seq in items if seq >= oldest and p.time >= horizon], policy.max_bytes)
+        missed = [p for p in kept if p.offset > since.offset]
         complete = since.offset >= head[1] or (bool(missed) and missed[0].offset == since.offset + 1)
         if limit is not None and len(missed) > limit:
             missed = missed[:limit]

@@ -18,8 +18,9 @@ nodes (any node serves any request of a session: edge.sockjs_relay), ``session_t
 Keys, for channel ``ch`` (the ``{ch}`` hash tag keeps one channel's keys in one Redis
 Cluster slot, as Lua scripts need)::
 
-    <prefix>:{ch}:m   hash: "o" last offset, "e" epoch
-    <prefix>:{ch}:s   stream of the channel's history, entry id "<offset>-0", field "p"
+    <prefix>:{ch}:m   hash: "o" last offset, "e" epoch, "b" bytes of history
+    <prefix>:{ch}:s   stream of the channel's history, entry id "<offset>-0", fields "p"
+                      (the publication) and "c" (what it counts for in history bytes)
     <prefix>:{ch}:p   hash: connection id -> presence info (JSON)
     <prefix>:{ch}:z   sorted set: connection id -> expiry (ms, Redis clock)
     <prefix>:s:<endpoint>/<session>   string: the node owning a SockJS session (PX session_ttl)
@@ -27,8 +28,9 @@ Cluster slot, as Lua scripts need)::
 What each guarantee rests on:
 
 * **Offsets and order.** A publish is one Lua script (atomic in Redis): HINCRBY the
-  offset, XADD to the history stream (``MAXLEN`` = history size, PEXPIRE for the TTL),
-  PUBLISH the encoded publication. Redis runs scripts one at a time, so offsets are
+  offset, XADD to the history stream (then the oldest entries are dropped beyond the
+  history size and ``history_max_bytes``; PEXPIRE for the TTL), PUBLISH the encoded
+  publication. Redis runs scripts one at a time, so offsets are
   gapless, and PUBLISHes of one channel leave Redis in offset order. Every node reads
   all its channels on one pub/sub connection, so it receives them in that order.
 * **Epochs.** The epoch is created with the channel's state (the meta hash). When that
@@ -91,13 +93,17 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from sockway.brokers.base import (
+    ENTRY_OVERHEAD,
     Broker,
     BrokerUnavailable,
     HistoryPolicy,
     HistoryResult,
     Publication,
     StreamPosition,
+    as_data,
+    data_size,
     new_epoch,
+    newest_within,
     wait_subscribed,
 )
 from sockway.brokers.urls import TRUE, events_on, split_options
@@ -152,7 +158,21 @@ local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local msg = '{"o":' .. offset .. ',"e":"' .. epoch .. '",' .. ARGV[3] .. '}'
 local size = tonumber(ARGV[4])
 if size > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', size, offset .. '-0', 'p', msg)
+  local budget = tonumber(ARGV[7])
+  local bytes = 0
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    bytes = tonumber(redis.call('HGET', KEYS[1], 'b') or '0')
+  end
+  redis.call('XADD', KEYS[2], offset .. '-0', 'p', msg, 'c', ARGV[8])
+  bytes = bytes + tonumber(ARGV[8])
+  local count = redis.call('XLEN', KEYS[2])
+  while count > 0 and (count > size or (budget > 0 and bytes > budget)) do
+    local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+    redis.call('XDEL', KEYS[2], oldest[1])
+    bytes = bytes - tonumber(oldest[2][4] or '0')
+    count = count - 1
+  end
+  redis.call('HSET', KEYS[1], 'b', math.max(bytes, 0))
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
@@ -160,7 +180,10 @@ redis.call('PUBLISH', ARGV[2], 'p' .. msg)
 return {offset, epoch}
 """
 """ARGV: new epoch, pub/sub channel, body (wire.publication_body), history size, stream
-TTL (ms), meta TTL (ms). Returns {offset, epoch}."""
+TTL (ms), meta TTL (ms), history bytes (0: no bound), this entry's cost (base.entry_cost).
+The stream's entries carry their cost (field ``c``), and the meta hash the sum (``b``,
+0 when the stream is gone), so that trimming by bytes costs one XRANGE per entry
+dropped. Returns {offset, epoch}."""
 
 HISTORY = """
 local epoch = redis.call('HGET', KEYS[1], 'e')
@@ -644,9 +667,11 @@ class RedisBroker(Broker):
     def publish(self, channel: str, data: Any, policy: HistoryPolicy,
                 info: dict | None = None) -> Awaitable[Publication]:
         now = time.time()
+        data = as_data(data)
         stream_ttl = int(policy.ttl * 1000) if policy.ttl else self.meta_ttl_ms
+        cost = data_size(data) + ENTRY_OVERHEAD
         args = [new_epoch(), self._chan(channel), publication_body(data, info, now), policy.size,
-                stream_ttl, max(self.meta_ttl_ms, stream_ttl)]
+                stream_ttl, max(self.meta_ttl_ms, stream_ttl), policy.max_bytes, cost]
 
         def finish(result: list) -> Publication:
             offset, epoch = result
@@ -709,9 +734,10 @@ class RedisBroker(Broker):
             entries = list(reversed(entries))
         position = StreamPosition(offset, epoch)
         pubs = [decode_publication(channel, fields[1]) for _id, fields in entries]
-        # The stream holds at most policy.size entries (XADD MAXLEN); a smaller size set
-        # since, or entries older than the TTL, are dropped here as memory.py drops them.
-        pubs = pubs[-policy.size:] if policy.size else []
+        # The stream holds at most policy.size entries and policy.max_bytes (the publish
+        # script trims it); a smaller bound set since, or entries older than the TTL,
+        # are dropped here as memory.py drops them.
+        pubs = newest_within(pubs[-policy.size:], policy.max_bytes) if policy.size else []
         if policy.ttl:
             horizon = time.time() - policy.ttl
             pubs = [p for p in pubs if p.time >= horizon]

@@ -34,7 +34,7 @@ import re
 from typing import Any
 
 from sockway.brokers.base import Publication
-from sockway.jsonutil import dumps, loads
+from sockway.jsonutil import Json, dumps, loads
 
 __all__ = ["BATCH", "MARKER", "batch_message", "decode_json", "decode_publication", "marker_message",
            "publication_at", "publication_body", "publication_from", "publications_in", "token", "untoken",
@@ -47,7 +47,8 @@ BATCH = 2
 
 
 def publication_body(data: Any, info: dict | None, when: float) -> bytes:
-    """``"t":...,"d":...[,"i":...]`` — the inside of the object, without braces."""
+    """``"t":...,"d":...[,"i":...]`` — the inside of the object, without braces. A
+    :class:`~sockway.jsonutil.Json` is written as it is."""
     fields: dict[str, Any] = {"t": when}
     if isinstance(data, (bytes, bytearray, memoryview)):
         fields["b"] = base64.b64encode(bytes(data)).decode("ascii")
@@ -111,8 +112,10 @@ def publication_from(channel: str, obj: dict) -> Publication:
 
 def publication_at(channel: str, offset: int, epoch: str, body: dict) -> Publication:
     """The publication at ``offset`` whose decoded body (``"t"``, ``"d"`` or ``"b"``,
-    ``"i"``) is ``body``."""
-    data = base64.b64decode(body["b"]) if "b" in body else body.get("d")
+    ``"i"``) is ``body``. Its data is encoded back at once (the same bytes it was
+    published as): a node holds no parsed data longer than it takes to read one
+    message."""
+    data = base64.b64decode(body["b"]) if "b" in body else Json.encode(body.get("d"))
     return Publication(channel, offset, epoch, data, body.get("i"), float(body.get("t", 0.0)))
 
 

@@ -1,6 +1,15 @@
 """Channels on one node: which local connections are subscribed to what, fed by the
-broker. Publications are encoded once per *format* (the channels-protocol envelope, or
-the bare data for app and broadcast endpoints) and fanned out through :class:`Group`.
+broker. A live publication is encoded once per *format* (the channels-protocol
+envelope, or the bare data for app and broadcast endpoints) and fanned out through
+:class:`Group`; its data goes into the envelope as the bytes it was published as. The
+encodings live as long as the delivery: history keeps the data alone, and a replay
+(recovery, a broadcast endpoint's history for a new client) encodes for its one
+recipient.
+
+Channels held at most: ``[server] max_channels``. A subscription that would add a
+channel beyond it is refused (:class:`~sockway.brokers.base.ChannelLimit`: the
+channels protocol's ``channel_limit`` error, HTTP 503); existing channels, and the
+channels the configuration names (broadcast endpoints', tunnels'), always work.
 
 Recovery without gaps or duplicates, on any broker: a subscription that asks for what
 it missed since ``(offset, epoch)`` is *recovering* until the broker's history answer
@@ -18,11 +27,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sockway.brokers.base import Broker, BrokerUnavailable, HistoryPolicy, HistoryResult, Publication, StreamPosition
+from sockway.brokers.base import (
+    Broker,
+    BrokerUnavailable,
+    ChannelLimit,
+    HistoryPolicy,
+    HistoryResult,
+    Publication,
+    StreamPosition,
+    as_data,
+)
 from sockway.hub.group import Group
 from sockway.hub.message import OutMessage
 from sockway.hub.trace import TRACER
-from sockway.jsonutil import dumps_str
+from sockway.jsonutil import Json, dumps_str
 
 if TYPE_CHECKING:
     from sockway.config import NamespaceConfig, ServerConfig
@@ -49,26 +67,24 @@ def valid_channel(name: object) -> bool:
 
 
 def data_text(data: Any) -> str:
+    """A value as RAW recipients read it: a string as is, anything else as JSON text."""
+    if isinstance(data, Json):
+        return data.text
     return data if isinstance(data, str) else dumps_str(data)
 
 
 def publication_message(pub: Publication, fmt: int) -> OutMessage:
-    """The message subscribers in format ``fmt`` receive, encoded once."""
-    message = pub.cache.get(fmt)
-    if message is None:
-        if fmt == ENVELOPE:
-            message = OutMessage(dumps_str({"type": "message", "channel": pub.channel,
-                                            "offset": pub.offset, "epoch": pub.epoch,
-                                            "data": pub.data}))
-        elif isinstance(pub.data, (bytes, bytearray)):
-            # A binary message (a raw WebSocket client's, in broadcast mode) stays
-            # binary: raw WebSocket recipients get a binary frame (RFC 6455 section
-            # 5.6), SockJS ones its text (see OutMessage.quoted).
-            message = OutMessage(bytes(pub.data))
-        else:
-            message = OutMessage(data_text(pub.data))
-        pub.cache[fmt] = message
-    return message
+    """The message subscribers in format ``fmt`` receive (made for each call: a
+    delivery makes it once for all its recipients)."""
+    if fmt == ENVELOPE:
+        return OutMessage(dumps_str({"type": "message", "channel": pub.channel,
+                                     "offset": pub.offset, "epoch": pub.epoch, "data": pub.data}))
+    if isinstance(pub.data, Json):
+        return OutMessage(pub.data.text)
+    # A binary message (a raw WebSocket client's, in broadcast mode) stays binary: raw
+    # WebSocket recipients get a binary frame (RFC 6455 section 5.6), SockJS ones its
+    # text (see OutMessage.quoted).
+    return OutMessage(bytes(pub.data))
 
 
 @dataclass(slots=True)
@@ -98,6 +114,7 @@ class _LocalChannel:
         self.count = 0
 
     def deliver(self, pub: Publication) -> int:
+        """Encode once per format present, for all the format's recipients."""
         delivered = 0
         for fmt, group in self.groups.items():
             delivered += group.publish(publication_message(pub, fmt))
@@ -118,6 +135,13 @@ class ChannelHub:
         self.policies: dict[str, HistoryPolicy] = {}
         self.deliveries = 0
         self.publications = 0
+        self.max_channels = config.max_channels
+        self.refused = 0
+        """Subscriptions refused because the node held ``max_channels`` channels."""
+        self.reserved: set[str] = {t.channel for t in config.tunnels} | {
+            e.channel or e.prefix for e in config.endpoints if e.mode == "broadcast"}
+        """Channels the configuration names: never refused, and not counted."""
+        broker.set_limits(config.max_channels, config.node_history_max_bytes)
         broker.on_publication = self._on_publication
         broker.on_presence = self._on_presence
 
@@ -131,7 +155,7 @@ class ChannelHub:
         if policy is not None:
             return policy
         ns = self.namespace(channel)
-        return HistoryPolicy(ns.history_size, ns.history_ttl)
+        return HistoryPolicy(ns.history_size, ns.history_ttl, ns.history_max_bytes)
 
     def set_policy(self, channel: str, policy: HistoryPolicy) -> None:
         """History rules for one channel, overriding its namespace's (a broadcast
@@ -164,8 +188,10 @@ class ChannelHub:
     # -- publishing -------------------------------------------------------------------------
 
     def publish(self, channel: str, data: Any, info: dict | None = None):
-        """Publish to a channel; returns the Publication (or an awaitable of it)."""
-        return self.broker.publish(channel, data, self.policy(channel), info)
+        """Publish to a channel; returns the Publication (or an awaitable of it). ``data``
+        is encoded here if it is not already (:func:`~sockway.brokers.base.as_data`).
+        Raises ChannelLimit when the channel is new and the node is full."""
+        return self.broker.publish(channel, as_data(data), self.policy(channel), info)
 
     # -- subscriptions ----------------------------------------------------------------------
 
@@ -179,6 +205,8 @@ class ChannelHub:
         """Subscribe ``conn``. With ``since``, what it missed is part of the result (and
         ``recovered`` says whether that is all of it); with ``want_history`` (n > 0) the
         last n publications are (broadcast endpoints replay their history this way).
+        Raises :class:`ChannelLimit`, before anything changes, when the channel is new
+        here and the node holds ``max_channels`` channels.
 
         ``ready`` is called with the result at the exact point where the connection
         joins the live stream: whatever it sends to the connection (a reply, the
@@ -192,10 +220,13 @@ class ChannelHub:
             if inspect.isawaitable(current):
                 return self._already_async(channel, current, ready)
             return self._already(channel, current, ready)
+        local = self.channels.get(channel)
+        if local is None and channel not in self.reserved and self._counted() >= self.max_channels:
+            self.refused += 1
+            raise ChannelLimit(self.max_channels)
         conn.channels.add(channel)
         self.formats[conn.id] = fmt
         self.connections[conn.id] = conn
-        local = self.channels.get(channel)
         if local is None:
             local = self.channels[channel] = _LocalChannel(channel)
             interest = self.broker.interest(channel, True)
@@ -213,6 +244,10 @@ class ChannelHub:
         if inspect.isawaitable(history):
             return self._finish_async(conn, local, fmt, since, want_history, history, ready)
         return self._finish(conn, local, fmt, since, want_history, history, ready)
+
+    def _counted(self) -> int:
+        """Local channels that count against ``max_channels`` (reserved ones do not)."""
+        return len(self.channels) - sum(1 for name in self.reserved if name in self.channels)
 
     @staticmethod
     def _already(channel: str, current: HistoryResult,
@@ -303,7 +338,7 @@ class ChannelHub:
 
     def stats(self) -> dict:
         return {"channels": len(self.channels), "publications": self.publications,
-                "deliveries": self.deliveries}
+                "deliveries": self.deliveries, "refused_channels": self.refused}
 
 
 _background_tasks: set = set()

@@ -47,12 +47,12 @@ from typing import TYPE_CHECKING, Any
 
 from sockway import closecodes
 from sockway.auth import AuthError, claim_allows
-from sockway.bridge.commands import CommandError, json_size, parse_position
-from sockway.brokers.base import BrokerUnavailable
+from sockway.bridge.commands import CommandError, encode_data, json_size, parse_position
+from sockway.brokers.base import BrokerUnavailable, ChannelLimit
 from sockway.hub.channels import ENVELOPE, SubscribeResult, valid_channel
 from sockway.hub.message import OutMessage
 from sockway.hub.modes import Mode, register_mode
-from sockway.jsonutil import dumps, dumps_str, loads
+from sockway.jsonutil import dumps_str, loads
 
 if TYPE_CHECKING:
     from sockway.hub.connection import Connection
@@ -222,7 +222,10 @@ class ChannelsMode(Mode):
             def ready(result: SubscribeResult) -> None:
                 _reply(conn, request_id, {**result.as_dict(), "recoverable": recoverable})
 
-            outcome = self.hub.channels.subscribe(conn, channel, ENVELOPE, since, ready=ready)
+            try:
+                outcome = self.hub.channels.subscribe(conn, channel, ENVELOPE, since, ready=ready)
+            except ChannelLimit as exc:
+                raise CommandError("channel_limit", str(exc)) from None
             if not isinstance(outcome, SubscribeResult):
                 _track(self.hub.loop, outcome, conn, request_id)
 
@@ -236,16 +239,20 @@ class ChannelsMode(Mode):
         channel = self._channel(cmd)
         if "data" not in cmd:
             raise CommandError("bad_request", "'data' is required")
-        data = cmd["data"]
         ns = self.hub.config.namespace(channel)
-        # Bytes of JSON; values nested too deeply to be encoded back are refused.
-        size = len(dumps(data)) if isinstance(data, str) else json_size(data)
+        # Encoded once, here: the bytes are what history keeps and every envelope
+        # carries. Values nested too deeply to be encoded are refused.
+        data = encode_data(cmd["data"])
+        size = len(data.raw)
         if size > ns.max_data_size:
             raise CommandError("too_large", f"'data' is {size} bytes; the limit is {ns.max_data_size}")
 
         def go() -> None:
             info = {"conn": conn.id, "user": conn.user}
-            pub = self.hub.channels.publish(channel, data, info)
+            try:
+                pub = self.hub.channels.publish(channel, data, info)
+            except ChannelLimit as exc:
+                raise CommandError("channel_limit", str(exc)) from None
             if hasattr(pub, "offset"):
                 _reply(conn, request_id, {"channel": channel, "offset": pub.offset, "epoch": pub.epoch})
             else:

@@ -95,8 +95,8 @@ class BroadcastMode(Mode):
 
     The endpoint is a channel (``channel`` setting, default: the prefix) with history
     kept by the broker, so the application can publish into it, and with a distributed
-    broker every node's clients share it. Memory: ``history`` messages with their
-    encodings (about twice the message size each, plus 300 bytes)."""
+    broker every node's clients share it. Memory: ``history`` messages, each its size
+    plus 500 bytes, within the namespace's ``history_max_bytes``."""
 
     name = "broadcast"
 
@@ -124,7 +124,7 @@ class BroadcastMode(Mode):
     async def start(self) -> None:
         channels = self.hub.channels
         policy = channels.policy(self.channel)
-        channels.set_policy(self.channel, HistoryPolicy(max(self.keep, policy.size), policy.ttl))
+        channels.set_policy(self.channel, HistoryPolicy(max(self.keep, policy.size), policy.ttl, policy.max_bytes))
 
 
 MODES: dict[str, type[Mode]] = {"echo": EchoMode, "broadcast": BroadcastMode}

@@ -250,10 +250,7 @@ class Tracer:
         self.record(conn, direction, "sockjs", frame, sockjs=True)
 
     def publication(self, pub: Publication) -> None:
-        from sockway.jsonutil import dumps_str
-
-        data = pub.data if isinstance(pub.data, str) else dumps_str(pub.data) if not isinstance(
-            pub.data, bytes) else pub.data
+        data = pub.data if isinstance(pub.data, bytes) else pub.data.text
         self.record(None, "publish", "publication", data, channel=pub.channel, offset=pub.offset)
 
 

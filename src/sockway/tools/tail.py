@@ -249,7 +249,7 @@ async def _tail_broker_channel(args: argparse.Namespace, engine: str, url: str) 
         if isinstance(pub.data, (bytes, bytearray)):
             item["binary"] = base64.b64encode(pub.data).decode()
         else:
-            item["data"] = pub.data
+            item["data"] = pub.data.value
         if pub.info:
             item["info"] = pub.info
         queue.put_nowait(item)
