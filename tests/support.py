@@ -71,7 +71,7 @@ class GatewayProcess:
     """A real ``sockway`` process on 127.0.0.1."""
 
     def __init__(self, args: list[str], port: int, env: dict | None = None,
-                 cwd: Path | None = None) -> None:
+                 cwd: Path | None = None, preexec_fn=None) -> None:
         self.port = port
         self.args = args
         # Open for the life of the process: its output is read when a test fails.
@@ -82,6 +82,7 @@ class GatewayProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sockway", *args],
             stdout=self.log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd or ROOT,
+            preexec_fn=preexec_fn,
         )
         self.url = f"http://127.0.0.1:{port}"
         self.ws_url = f"ws://127.0.0.1:{port}"
@@ -137,10 +138,11 @@ def assert_clean_log(proc: GatewayProcess, since: int = 0) -> None:
 
 @contextlib.contextmanager
 def gateway(args: list[str], env: dict | None = None, port: int | None = None,
-            cwd: Path | None = None) -> Iterator[GatewayProcess]:
-    """Run ``sockway <args> --port <free port>`` for the duration of the block."""
+            cwd: Path | None = None, preexec_fn=None) -> Iterator[GatewayProcess]:
+    """Run ``sockway <args> --port <free port>`` for the duration of the block
+    (``preexec_fn``: run in the child before sockway, e.g. to lower its limits)."""
     port = port or free_port()
-    proc = GatewayProcess([*args, "--port", str(port)], port, env, cwd)
+    proc = GatewayProcess([*args, "--port", str(port)], port, env, cwd, preexec_fn)
     try:
         proc.wait_ready()
         yield proc
@@ -149,12 +151,12 @@ def gateway(args: list[str], env: dict | None = None, port: int | None = None,
 
 
 @contextlib.contextmanager
-def config_gateway(toml: str, env: dict | None = None) -> Iterator[GatewayProcess]:
+def config_gateway(toml: str, env: dict | None = None, preexec_fn=None) -> Iterator[GatewayProcess]:
     """Run ``sockway serve`` with a TOML configuration given as text."""
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
         f.write(toml)
     try:
-        with gateway(["serve", "--config", f.name], env=env) as proc:
+        with gateway(["serve", "--config", f.name], env=env, preexec_fn=preexec_fn) as proc:
             yield proc
     finally:
         os.unlink(f.name)

@@ -314,6 +314,35 @@ class ServerConfig:
     X-Forwarded-Host are believed (client address, origin check: docs/security.md)."""
     max_connections: int = 100_000
     """Open client connections (WebSockets and SockJS sessions) on this process."""
+    max_tcp_connections: int = 0
+    """TCP connections open at once on this process, counted as they are accepted,
+    before any HTTP is read (every socket a client opened: WebSockets, SockJS
+    requests, API calls). At the limit a new connection is closed at once, so that the
+    process never runs out of descriptors and established clients keep working. 0: the
+    descriptor limit (the soft RLIMIT_NOFILE, which sockway raises to the hard limit
+    at start) minus a reserve for brokers, logs and listeners of an eighth of it, at
+    least 128. Each connection costs a descriptor, the kernel's socket buffers and,
+    until its first request head is complete, about 1 KiB."""
+    max_tcp_per_address: int = 0
+    """TCP connections open at once from one client address (an IPv6 client: its /64),
+    counted and refused like max_tcp_connections. Peers in trusted_proxies are exempt
+    (behind a proxy, every client comes from the proxy's address). 0: a sixteenth of
+    max_tcp_connections, at least 64."""
+    head_timeout: float = 10.0
+    """Seconds a new connection has to send its first complete request head, counted
+    from its accept: the TLS handshake, a WebSocket's opening handshake and a legacy
+    hixie-76 handshake's 8 key bytes included. Then it gets 408 (if it sent anything)
+    and is closed."""
+    keepalive_timeout: float = 15.0
+    """Seconds an HTTP keep-alive connection may stay idle after a response: the next
+    request head must be complete within this time, or the connection is closed."""
+    body_timeout: float = 30.0
+    """Seconds a request body (SockJS xhr_send and jsonp_send, the HTTP API) may take to
+    arrive whole; then 408 and the connection is closed."""
+    send_timeout: float = 30.0
+    """Seconds an HTTP response (a SockJS poll or stream, a file, an API answer) may
+    stay stuck behind a client that does not read it (the socket's buffers full);
+    then the connection is aborted."""
     shutdown_timeout: float = 5.0
     """Seconds to wait for clients to receive their close on SIGTERM/SIGINT."""
     sockjs_url: str = "/sockjs.min.js"
@@ -392,6 +421,11 @@ class ServerConfig:
         _at_least(self, "[server]", 0, "socket_send_buffer", "shutdown_timeout", "worker_ports")
         _at_least(self, "[server]", 1, "max_connections", "event_queue_size", "max_channels",
                   "node_history_max_bytes")
+        _at_least(self, "[server]", 0, "max_tcp_connections", "max_tcp_per_address")
+        for name in ("head_timeout", "keepalive_timeout", "body_timeout", "send_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"[server]: {name} must be a positive number of seconds "
+                                  f"(got {getattr(self, name)})")
         if not self.sweep_interval > 0:
             raise ConfigError(f"[server]: sweep_interval must be a positive number of seconds "
                               f"(got {self.sweep_interval})")

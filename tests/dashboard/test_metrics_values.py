@@ -152,6 +152,11 @@ FAMILIES = {
     "sockway_commands": "counter",
     "sockway_broker_up": "gauge",
     "sockway_command_duration_seconds": "histogram",
+    "sockway_tcp_connections": "gauge",
+    "sockway_tcp_refused": "counter",
+    "sockway_timeouts": "counter",
+    "sockway_bad_requests": "counter",
+    "sockway_client_resets": "counter",
 }
 
 

@@ -17,6 +17,7 @@ from sockway import __version__
 from sockway.bridge.commands import CommandError
 from sockway.bridge.events import encode_json
 from sockway.bridge.schema import openapi_components
+from sockway.edge.body import BodyError, read_body
 from sockway.jsonutil import loads
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
     response = _json(status, {"error": {"code": code, "message": message}})
     if headers:
         response.headers.update(headers)
+    if status == 408:
+        response.force_close()  # the rest of a body this slow is not waited for
     return response
 
 
@@ -72,22 +75,11 @@ class Api:
         return key_matches(request, self.key)
 
     async def _body(self, request: web.Request) -> Any:
-        """The whole body (at most MAX_BODY bytes), parsed. ``content.read(n)`` returns
-        what has arrived so far, up to n bytes: a body that comes in several TCP
-        segments is read chunk by chunk until its end."""
-        if request.content_length is not None and request.content_length > MAX_BODY:
-            raise CommandError("too_large", f"the body is over {MAX_BODY} bytes", 413)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            chunk = await request.content.read(MAX_BODY + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_BODY:
-                raise CommandError("too_large", f"the body is over {MAX_BODY} bytes", 413)
-        raw = b"".join(chunks)
+        """The whole body (at most MAX_BODY bytes, within the server's body_timeout), parsed."""
+        try:
+            raw = await read_body(request, MAX_BODY, self.hub.config.body_timeout)
+        except BodyError as exc:
+            raise CommandError("too_large" if exc.status == 413 else "timeout", exc.message, exc.status) from None
         if not raw:
             raise CommandError("bad_request", "the body must be a JSON object")
         try:

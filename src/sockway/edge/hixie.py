@@ -7,6 +7,10 @@ otherwise grow the receive buffer without end; a client for which more than
 ``max_buffer`` bytes wait when a new message comes is a slow consumer (``c[4008,...]``,
 aborted a second later). Memory per connection: at most ``max_message_size`` in and
 ``max_buffer`` plus one message out, plus the kernel's socket buffers.
+
+The handshake is checked whole (keys included) before it is answered
+(``EndpointRoutes.start_hixie76``); the 8 key bytes that follow the answer must arrive
+within the connection's ``head_timeout``, counted from its accept like the head's.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from sockway.sockjs.payload import PayloadError, decode_messages
 from sockway.ws import hixie76
 
 if TYPE_CHECKING:
+    from sockway.edge.admission import Ticket
     from sockway.hub.endpoint import Endpoint
 
 __all__ = ["Hixie76SockJS", "handshake_head"]
@@ -45,17 +50,21 @@ def handshake_head(origin: str, location: str, protocol: str | None) -> bytes:
 
 
 class Hixie76SockJS(Connection, asyncio.Protocol):
-    __slots__ = ("_buffer", "_closed", "_key1", "_key2", "_lost", "_open", "_pending", "_pending_bytes",
-                 "_transport")
+    __slots__ = ("_buffer", "_closed", "_keys", "_lost", "_open", "_pending", "_pending_bytes", "_scanned",
+                 "_ticket", "_transport")
     transport_name: ClassVar[str] = "sockjs-websocket-hixie76"
     encoding_key = SOCKJS
 
     def __init__(self, endpoint: Endpoint, transport: asyncio.Transport, remote: str,
-                 key1: str, key2: str) -> None:
+                 keys: tuple[int, int], ticket: Ticket | None = None) -> None:
         super().__init__(endpoint, remote, None)
         self._transport = transport
         self._buffer = bytearray()
-        self._key1, self._key2 = key1, key2
+        self._scanned = 0
+        self._keys = keys
+        """The key numbers of Sec-WebSocket-Key1 and -Key2 (hixie76.key_number)."""
+        self._ticket = ticket
+        """The connection's place under the server's TCP limits, released when it is gone."""
         self._open = False
         self._closed = False
         self._lost = False
@@ -63,9 +72,20 @@ class Hixie76SockJS(Connection, asyncio.Protocol):
         self._pending_bytes = 0
 
     def start(self, tail: bytes) -> None:
+        """Take over the transport, after the handshake's head has been answered; the
+        head_timeout that started at accept now waits for the key bytes."""
         self._transport.set_protocol(self)
+        ticket = self._ticket
+        door = ticket.door if ticket is not None else None
+        if door is not None:
+            door.head.enter(ticket, self, door.loop.time())
         if tail:
             self.data_received(tail)
+
+    def timed_out(self) -> None:
+        """The 8 key bytes did not come within head_timeout."""
+        if not self._lost:
+            self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self.endpoint.bytes_in += len(data)
@@ -75,17 +95,16 @@ class Hixie76SockJS(Connection, asyncio.Protocol):
                 return
             key3 = bytes(self._buffer[:8])
             del self._buffer[:8]
-            try:
-                answer = hixie76.challenge_response(self._key1, self._key2, key3)
-            except ValueError:
-                self._transport.abort()
-                return
+            ticket = self._ticket
+            if ticket is not None and ticket.door is not None:
+                ticket.door.head.leave(ticket)
+            answer = hixie76.challenge_response(*self._keys, key3)
             if TRACER.active:
                 TRACER.record(self, "out", "hixie-text", OPEN, sockjs=True)
             self._transport.write(answer + hixie76.encode_text(OPEN))
             self._open = True
             self.endpoint.opened(self)
-        messages, closing = hixie76.decode_frames(self._buffer)
+        messages, closing, self._scanned = hixie76.decode_frames(self._buffer, self._scanned)
         limit = self.endpoint.config.max_message_size
         for raw in messages:
             if not raw:
@@ -109,12 +128,16 @@ class Hixie76SockJS(Connection, asyncio.Protocol):
 
     def _too_big(self) -> None:
         self._buffer.clear()
+        self._scanned = 0
         log.info("%r: incoming message over %d bytes, closing", self, self.endpoint.config.max_message_size)
         self.close(closecodes.MESSAGE_TOO_BIG, "Message too big")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._lost = True
+        ticket, self._ticket = self._ticket, None
+        if ticket is not None:
+            ticket.release()
         if self._open:
             self.endpoint.closed(self, closecodes.ABNORMAL, "connection lost")
 

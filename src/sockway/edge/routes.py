@@ -14,6 +14,7 @@ from sockway import closecodes
 from sockway.auth import AuthError
 from sockway.brokers.base import BrokerUnavailable
 from sockway.edge import http_util as h
+from sockway.edge.body import BodyError, read_body
 from sockway.edge.hixie import Hixie76SockJS, handshake_head
 from sockway.edge.security import OriginPolicy, ProxyPolicy
 from sockway.edge.sockjs_http import (
@@ -38,6 +39,7 @@ from sockway.ratelog import RateLimitedLog
 from sockway.sockjs.frames import CALLBACK_RE, HEARTBEAT, info_body
 from sockway.sockjs.payload import PayloadError, decode_messages, form_field, utf8_size
 from sockway.sockjs.urls import parse_path
+from sockway.ws import hixie76
 
 if TYPE_CHECKING:
     from sockway.hub.endpoint import Endpoint
@@ -391,11 +393,14 @@ class EndpointRoutes:
         """The messages' JSON of a send (from the ``d`` field of a jsonp_send form), or
         the error response."""
         limit = self.config.max_message_size
-        if request.content_length is not None and request.content_length > limit * 2 + 64:
-            return h.text_response(413, f"Payload over the {limit} byte limit.\n")
-        body = await _read_body(request, limit * 2 + 64)
-        if body is None:
-            return h.text_response(413, f"Payload over the {limit} byte limit.\n")
+        try:
+            body = await read_body(request, limit * 2 + 64, self.endpoint.hub.config.body_timeout)
+        except BodyError as exc:
+            if exc.status == 413:
+                return h.text_response(413, f"Payload over the {limit} byte limit.\n")
+            response = h.text_response(exc.status, exc.message.capitalize() + ".\n")
+            response.force_close()  # a client this slow does not get to linger
+            return response
         self.endpoint.bytes_in += len(body)
         if transport == "jsonp_send" and request.content_type == "application/x-www-form-urlencoded":
             body = form_field(body)
@@ -498,7 +503,7 @@ class EndpointRoutes:
             return refusal
         info = self.connection_info(request, remote)
         try:
-            transport, tail = detach(request)
+            transport, tail, ticket = detach(request)
         except ConnectionResetError:
             return Detached()
         try:
@@ -507,22 +512,27 @@ class EndpointRoutes:
             conn = cls(self.endpoint, live, transport, self.endpoint.hub.coalescer, remote,
                        info, wbits, config.max_buffer)
             self.apply_auth(conn, claims, auth_error)
+            conn.ticket, ticket = ticket, None
             conn.start(tail)
         except Exception:
             log.exception("%s: could not start a WebSocket connection", self.endpoint.prefix)
             transport.abort()
+            if ticket is not None:
+                ticket.release()
         return Detached()
 
     def start_hixie76(self, transport, headers: dict[str, str], target: str, secure: bool,
-                      tail: bytes) -> bool:
+                      tail: bytes, ticket=None) -> tuple[int, str] | None:
         """Take over a hixie-76 handshake found by :mod:`sockway.edge.sniffer` (aiohttp
-        refuses these requests). ``headers`` have lower-case names. The client address,
-        the origin check and the connection limit are those of every other upgrade
-        (trusted proxies' X-Forwarded-* included): a refused origin gets 403, a full
-        endpoint 503. False to let aiohttp refuse it (400): no WebSocket here."""
+        refuses these requests). ``headers`` have lower-case names. Everything is
+        checked before the handshake is answered (the answer goes out before the key
+        bytes come): None when it was answered, else the refusal's status and message.
+        The client address, the origin check and the connection limit are those of every
+        other upgrade (trusted proxies' X-Forwarded-* included): a refused origin gets
+        403, a full endpoint 503."""
         config = self.config
         if not config.websocket or not config.sockjs:
-            return False
+            return 404, "WebSocket is not offered on this endpoint."
         host = headers.get("host", "")
         origin = headers.get("origin")
         peer = transport.get_extra_info("peername")
@@ -533,20 +543,24 @@ class EndpointRoutes:
             complaints.warning(f"origin {self.endpoint.prefix}", "%s: hixie-76 websocket request from %s refused: "
                                "Origin %r; allowed: %s", self.endpoint.prefix, peer_address,
                                (origin or "")[:200], self.origins.describe())
-            _refuse(transport, 403, "Origin not allowed by this server's allowed_origins.\n")
-            return True
+            return 403, "Origin not allowed by this server's allowed_origins."
+        if headers.get("upgrade", "").lower() != "websocket":
+            return 400, 'Can "Upgrade" only to "WebSocket".'
+        try:
+            keys = (hixie76.key_number(headers["sec-websocket-key1"]),
+                    hixie76.key_number(headers.get("sec-websocket-key2", "")))
+        except (KeyError, ValueError) as exc:
+            return 400, f"Not a valid hixie-76 handshake: {exc}."
         if not self.endpoint.accepting:
             self.endpoint.hub.stats.rejected_connections += 1
-            _refuse(transport, 503, "Too many connections; try again later.\n")
-            return True
+            return 503, "Too many connections; try again later."
         forwarded_for = headers.get("x-forwarded-for")
         remote = self.proxies.address_of(peer_address, [forwarded_for] if forwarded_for else [])
         location = f"{'wss' if secure else 'ws'}://{host}{target}"
         transport.write(handshake_head(origin or "", location, headers.get("sec-websocket-protocol")))
-        conn = Hixie76SockJS(self.endpoint, transport, remote, headers["sec-websocket-key1"],
-                             headers["sec-websocket-key2"])
+        conn = Hixie76SockJS(self.endpoint, transport, remote, keys, ticket)
         conn.start(tail)
-        return True
+        return None
 
     def _keepalive(self, now: float) -> None:
         """Pings for raw WebSockets, heartbeats for SockJS ones."""
@@ -558,29 +572,3 @@ class EndpointRoutes:
                 keepalive(now, interval, timeout)
 
 
-def _refuse(transport, status: int, text: str) -> None:
-    """An HTTP refusal written straight to a connection aiohttp does not own."""
-    body = text.encode()
-    reason = {403: "Forbidden", 503: "Service Unavailable"}[status]
-    transport.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
-    transport.close()
-
-
-async def _read_body(request: web.BaseRequest, limit: int) -> bytes | None:
-    """The whole request body, or None if it is longer than ``limit`` bytes.
-
-    ``StreamReader.read(n)`` returns what has arrived so far, up to n bytes: a body that
-    comes in several TCP segments (a slow uplink, a large message) takes several reads,
-    or it would be cut short and fail as "Broken JSON encoding."."""
-    content = request.content
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = await content.read(limit + 1 - size)
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import ssl
 from pathlib import Path
 
@@ -18,9 +19,12 @@ from sockway.bridge.http_api import add_api_routes
 from sockway.brokers import create_broker
 from sockway.config import ServerConfig
 from sockway.edge.admin import add_admin_routes
+from sockway.edge.admission import Door, descriptor_limit, raise_descriptor_limit, tcp_limits
+from sockway.edge.http_protocol import HttpConnection
 from sockway.edge.routes import EndpointRoutes
 from sockway.edge.security import ProxyPolicy
 from sockway.edge.sniffer import FirstRequestSniffer
+from sockway.edge.tls import TlsListener
 from sockway.hub.endpoint import Endpoint
 from sockway.hub.hub import Hub
 from sockway.hub.modes import create_mode
@@ -58,6 +62,11 @@ class Gateway:
         self.broker = create_broker(config.broker.url)
         self.hub = Hub(self.loop, config, self.broker)
         self.proxies = ProxyPolicy(config.trusted_proxies)
+        max_tcp, max_tcp_per_address = tcp_limits(config)
+        self.door = Door(self.loop, max_tcp, max_tcp_per_address, self.proxies,
+                         config.head_timeout, config.send_timeout)
+        """Every TCP connection is counted here from its accept (edge.admission)."""
+        self.hub.add_sweeper(self.door.sweep)
         self.app = web.Application(client_max_size=max(
             [e.max_message_size * 2 + 1024 for e in config.endpoints] + [1 << 20]))
         self.runner: web.AppRunner | None = None
@@ -72,7 +81,7 @@ class Gateway:
                                     allowed_origins=config.allowed_origins, proxies=self.proxies)
             self.routes[endpoint_config.prefix] = routes
             self.app.router.add_route("*", endpoint_config.prefix + "{tail:(/.*)?}", routes)
-        self.metrics = Metrics(self.hub)
+        self.metrics = Metrics(self.hub, self._tcp_metrics)
         self.hub.commands.observe = self.metrics.command_latency.observe
         self.admin = add_admin_routes(self.app, self)
         self.bridges: list = []
@@ -136,7 +145,29 @@ class Gateway:
             "node": self.hub.node_id,
             "connections": self.hub.connections,
             "endpoints": {p: len(e.clients) for p, e in self.hub.endpoints.items()},
+            "tcp": self.door.stats(),
         })
+
+    def _tcp_metrics(self):
+        """The door's counters, for /metrics."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        door = self.door
+        yield GaugeMetricFamily("sockway_tcp_connections", "TCP connections open (counted at accept).",
+                                value=door.open)
+        refused = CounterMetricFamily("sockway_tcp_refused", "TCP connections closed at accept by a limit.",
+                                      labels=["limit"])
+        refused.add_metric(["max_tcp_connections"], door.refused_total)
+        refused.add_metric(["max_tcp_per_address"], door.refused_address)
+        yield refused
+        timeouts = CounterMetricFamily("sockway_timeouts", "Connections closed by a timeout.", labels=["phase"])
+        timeouts.add_metric(["head"], door.head.expired)
+        timeouts.add_metric(["send"], door.send.expired)
+        yield timeouts
+        yield CounterMetricFamily("sockway_bad_requests", "Malformed requests refused before routing.",
+                                  value=door.bad_requests)
+        yield CounterMetricFamily("sockway_client_resets", "Responses cut short by the client leaving.",
+                                  value=door.client_resets)
 
     async def _readyz(self, request: web.Request) -> web.Response:
         """200 when this node can serve channels (its broker is reachable), else 503: a
@@ -161,26 +192,45 @@ class Gateway:
             access_log_class=_access_log(self.proxies),
             handle_signals=False,
             shutdown_timeout=self.config.shutdown_timeout,
+            keepalive_timeout=self.config.keepalive_timeout,
         )
         await self.runner.setup()
         ssl_context = self.ssl_context()
-        handler_factory = self.runner.server
-        assert handler_factory is not None
+        http_server = self.runner.server
+        assert http_server is not None
+        door = self.door
+
+        def http_connection() -> HttpConnection:
+            # aiohttp's web.Server makes its own RequestHandler and has no hook for a
+            # subclass: make ours with the arguments the runner gave it.
+            return HttpConnection(http_server, door, loop=self.loop, **http_server._kwargs)
 
         def protocol() -> FirstRequestSniffer:
-            return FirstRequestSniffer(handler_factory, self.routes, ssl_context is not None,
-                                       self.config.socket_send_buffer)
+            return FirstRequestSniffer(http_connection, self.routes, door, False, self.config.socket_send_buffer)
 
-        if sock is not None:
-            server = await self.loop.create_server(protocol, sock=sock, ssl=ssl_context, backlog=4096)
-        else:
-            server = await self.loop.create_server(protocol, self.config.host, self.config.port,
-                                                   ssl=ssl_context, backlog=4096,
-                                                   reuse_port=reuse_port or None)
-        self.servers.append(server)
+        async def listen(port: int, reuse: bool, sock: socket.socket | None = None):
+            if ssl_context is None:
+                if sock is not None:
+                    return await self.loop.create_server(protocol, sock=sock, backlog=4096)
+                return await self.loop.create_server(protocol, self.config.host, port, backlog=4096,
+                                                     reuse_port=reuse or None)
+
+            # TLS: counted at accept, before the handshake (edge.tls).
+            def tls_protocol(ticket) -> FirstRequestSniffer:
+                return FirstRequestSniffer(http_connection, self.routes, door, True,
+                                           self.config.socket_send_buffer, ticket)
+
+            if sock is None:
+                family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+                sock = socket.create_server((self.config.host, port), family=family, backlog=4096,
+                                            reuse_port=reuse)
+            return TlsListener(self.loop, sock, door, tls_protocol, ssl_context)
+
+        self.servers.append(await listen(self.config.port, reuse_port, sock))
         if own_port is not None:
-            self.servers.append(await self.loop.create_server(protocol, self.config.host, own_port,
-                                                              ssl=ssl_context, backlog=4096))
+            self.servers.append(await listen(own_port, False))
+        log.info("TCP connections: at most %d, %d per client address (descriptor limit %d)",
+                 door.max_total, door.max_per_address, descriptor_limit())
         await self.hub.start(self.config.sweep_interval)
         for bridge in self.bridges:
             await bridge.start()
@@ -302,4 +352,5 @@ def run(config: ServerConfig, reuse_port: bool = False, own_port: int | None = N
     several worker processes share the port (``sockway serve --workers N``);
     ``own_port``: this worker's own port besides (``worker_ports``)."""
     _use_uvloop()
+    raise_descriptor_limit()
     asyncio.run(serve(config, reuse_port=reuse_port, own_port=own_port))

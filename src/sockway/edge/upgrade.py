@@ -30,6 +30,8 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from sockway.edge.admission import Ticket
+
 __all__ = ["Detached", "accept_websocket", "detach"]
 
 # websockets logs every open and close at INFO; a gateway has too many for that.
@@ -83,19 +85,24 @@ class Detached(web.StreamResponse):
         return None
 
 
-def detach(request: web.BaseRequest) -> tuple[asyncio.Transport, bytes]:
-    """Take the request's TCP transport away from aiohttp. Returns the transport and
-    any bytes aiohttp had received after the request head (only the legacy hixie-76
-    handshake sends any before the server answers)."""
+def detach(request: web.BaseRequest) -> tuple[asyncio.Transport, bytes, Ticket | None]:
+    """Take the request's TCP transport away from aiohttp. Returns the transport, any
+    bytes aiohttp had received after the request head (only the legacy hixie-76
+    handshake sends any before the server answers), and the connection's ticket (its
+    place under the server's TCP limits), which the new owner releases when the
+    connection is gone."""
     protocol = request.protocol
     transport = request.transport
     if transport is None:
         raise ConnectionResetError("client went away during the handshake")
     tail = bytes(getattr(protocol, "_message_tail", b"") or b"")
+    ticket = getattr(protocol, "ticket", None)
+    if ticket is not None:
+        protocol.ticket = None
     # Unlink first: aiohttp closes the transport it holds when told of a lost connection.
     protocol.transport = None
     protocol.connection_lost(None)
-    return transport, tail
+    return transport, tail, ticket
 
 
 def accept_websocket(

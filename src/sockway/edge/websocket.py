@@ -52,6 +52,7 @@ from sockway.sockjs.payload import PayloadError, decode_messages
 from sockway.ws.frames import OP_TEXT, deflate_payload, frame, frame_header
 
 if TYPE_CHECKING:
+    from sockway.edge.admission import Ticket
     from sockway.hub.coalesce import Coalescer
     from sockway.hub.endpoint import Endpoint
 
@@ -105,6 +106,7 @@ class WebSocketConnection(Connection, asyncio.Protocol):
         "close_reason",
         "encoding_key",
         "last_recv",
+        "ticket",
         "wbits",
     )
 
@@ -141,6 +143,8 @@ class WebSocketConnection(Connection, asyncio.Protocol):
         self.encoding_key = self._encoding_key()
         self.close_code: int | None = None
         self.close_reason = ""
+        self.ticket: Ticket | None = None
+        """The connection's place under the server's TCP limits, released when it is gone."""
 
     def _encoding_key(self) -> int:
         return ws_key(self.wbits, self.endpoint.config.compress_threshold)
@@ -313,6 +317,9 @@ class WebSocketConnection(Connection, asyncio.Protocol):
         if self._lost:
             return
         self._lost = True
+        ticket, self.ticket = self.ticket, None
+        if ticket is not None:
+            ticket.release()
         self._closing = True
         self._pending = []
         if self._abort_handle is not None:
