@@ -346,12 +346,18 @@ class ServerConfig:
     shutdown_timeout: float = 5.0
     """Seconds to wait for clients to receive their close on SIGTERM/SIGINT."""
     sockjs_url: str = "/sockjs.min.js"
-    """Script URL the SockJS iframe page loads (iframe-based transports)."""
+    """Script URL the SockJS iframe page loads (iframe-based transports). The default,
+    the gateway's own copy, becomes sockjs-client's URL on a public CDN when the gateway
+    has no copy (see ``sockjs_client``)."""
     sockjs_client: str | None = None
-    """File served at /sockjs.min.js; default: node_modules/sockjs-client/dist/ found
-    from the working directory."""
+    """File served at /sockjs.min.js. Default: the copy installed with sockway (a wheel
+    built where ``node_modules`` was carries it), else
+    node_modules/sockjs-client/dist/sockjs.min.js in the working directory or above, else
+    none: /sockjs.min.js then redirects to sockjs-client 1.6.1 on a public CDN, as the log
+    says at start."""
     static: str | None = None
-    """A directory served at / (demo pages)."""
+    """A directory served at / (the demo pages). With it, /sockway/site.json tells its
+    pages the TCP tunnels' and ZeroMQ sockets' addresses, to show the ones in use."""
     socket_send_buffer: int = 0
     """SO_SNDBUF of each client socket in bytes (0: the kernel's default, which Linux
     grows up to several MiB for a client that does not read). Set it (e.g. 65536) to

@@ -17,6 +17,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from sockway.bridge.http_api import add_api_routes
 from sockway.brokers import create_broker
+from sockway.client_bundles import BUNDLES, SOCKJS, Located
 from sockway.config import ServerConfig
 from sockway.edge.admin import add_admin_routes
 from sockway.edge.admission import Door, descriptor_limit, raise_descriptor_limit, tcp_limits
@@ -30,27 +31,13 @@ from sockway.hub.hub import Hub
 from sockway.hub.modes import create_mode
 from sockway.metrics import Metrics
 
-__all__ = ["Gateway", "find_sockjs_client", "run"]
+__all__ = ["Gateway", "run"]
 
 log = logging.getLogger("sockway")
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 STEP_TIMEOUT = 3.0
 """Seconds each shutdown step after closing the clients may take."""
-
-
-def find_sockjs_client(configured: str | None) -> Path | None:
-    """The sockjs-client build to serve at /sockjs.min.js: the configured file, or
-    node_modules/sockjs-client/dist/sockjs.min.js in the working directory or above."""
-    if configured:
-        path = Path(configured)
-        return path if path.is_file() else None
-    here = Path.cwd().resolve()
-    for directory in (here, *here.parents):
-        candidate = directory / "node_modules" / "sockjs-client" / "dist" / "sockjs.min.js"
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 class Gateway:
@@ -73,11 +60,12 @@ class Gateway:
         self.servers: list[asyncio.Server] = []
         self.routes: dict[str, EndpointRoutes] = {}
         self._stopping = asyncio.Event()
+        self.bundles = self._locate_bundles()  # before the endpoints: their iframe page loads SockJS
         for endpoint_config in config.endpoints:
             mode = create_mode(endpoint_config.mode, endpoint_config)
             endpoint = Endpoint(endpoint_config, mode, self.hub)
             self.hub.add_endpoint(endpoint)
-            routes = EndpointRoutes(endpoint, sockjs_url=config.sockjs_url,
+            routes = EndpointRoutes(endpoint, sockjs_url=self.sockjs_url,
                                     allowed_origins=config.allowed_origins, proxies=self.proxies)
             self.routes[endpoint_config.prefix] = routes
             self.app.router.add_route("*", endpoint_config.prefix + "{tail:(/.*)?}", routes)
@@ -104,21 +92,28 @@ class Gateway:
         # Last: a static directory at "/" would otherwise shadow every route after it.
         self._add_static_routes()
 
-    def _add_static_routes(self) -> None:
-        client = find_sockjs_client(self.config.sockjs_client)
-        if client is not None:
-            async def sockjs_client(request: web.Request) -> web.FileResponse:
-                response = web.FileResponse(client)
-                response.headers["Cache-Control"] = "public, max-age=3600"
-                response.headers["Access-Control-Allow-Origin"] = "*"
-                return response
+    def _locate_bundles(self) -> dict[str, Located]:
+        """Where each client bundle comes from (sockway.client_bundles): a local copy, or
+        the CDN, said once in the log."""
+        bundles = {}
+        for bundle in BUNDLES:
+            located = bundle.locate(getattr(self.config, bundle.setting))
+            if located.path is None:
+                log.warning(located.fallback_message())
+            bundles[bundle.route] = located
+        return bundles
 
-            self.app.router.add_get("/sockjs.min.js", sockjs_client)
-        elif self.config.sockjs_url == "/sockjs.min.js":
-            log.warning(
-                "sockjs-client not found: iframe transports need it at /sockjs.min.js. "
-                "Run `npm install sockjs-client@1.6.1` here or set sockjs_client/sockjs_url."
-            )
+    @property
+    def sockjs_url(self) -> str:
+        """What the iframe page loads: ``sockjs_url`` as configured, except that the
+        default (the gateway's own /sockjs.min.js) becomes the CDN when there is no copy."""
+        if self.config.sockjs_url == SOCKJS.route:
+            return self.bundles[SOCKJS.route].url
+        return self.config.sockjs_url
+
+    def _add_static_routes(self) -> None:
+        for located in self.bundles.values():
+            self.app.router.add_get(located.bundle.route, self._bundle_handler(located))
         helper = STATIC_DIR / "sockway.js"
 
         async def browser_helper(request: web.Request) -> web.FileResponse:
@@ -134,8 +129,37 @@ class Gateway:
         if static is not None:
             if not static.is_dir():
                 raise FileNotFoundError(f"static directory {static} not found")
+            self.app.router.add_get("/sockway/site.json", self._site_addresses)
             self.app.router.add_get("/", lambda r: web.FileResponse(static / "index.html"))
             self.app.router.add_static("/", static, show_index=False)
+
+    @staticmethod
+    def _bundle_handler(located: Located):
+        """The bundle's file, or a redirect to its version on the CDN when there is none."""
+        if located.path is None:
+            async def redirect(request: web.Request) -> web.Response:
+                raise web.HTTPFound(located.bundle.cdn_url)
+
+            return redirect
+        path = located.path
+
+        async def serve(request: web.Request) -> web.FileResponse:
+            response = web.FileResponse(path)
+            response.headers["Cache-Control"] = "public, max-age=3600"
+            response.headers["Access-Control-Allow-Origin"] = "*"
+            return response
+
+        return serve
+
+    async def _site_addresses(self, request: web.Request) -> web.Response:
+        """With a ``static`` site only: the addresses its pages tell users to type besides
+        the page's own host and port (the TCP tunnels, the ZeroMQ sockets applications
+        connect to), so that they show the ones this gateway really listens on."""
+        zeromq = self.config.zeromq
+        return web.json_response({
+            "tunnels": [{"listen": t.listen, "channel": t.channel} for t in self.config.tunnels],
+            "zeromq": {"sub": zeromq.sub, "pull": zeromq.pull},
+        }, headers={"Cache-Control": "no-store"})
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({
