@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"sockway: {exc}", file=sys.stderr)
         if getattr(exc, "errno", None) == 98:
-            print("sockway: the port is in use; choose another with --port", file=sys.stderr)
+            print("sockway: the port is in use; choose another with --port 9000 (or SOCKWAY_PORT=9000; "
+                  "for the demo: make demo PORT=9000)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
