@@ -6,6 +6,7 @@ the broadcast page fed by the commands it shows, and the index page's links."""
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from demo_support import (
 from playwright.sync_api import Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from support import require_php_zmq
+from support import require_php_zmq, require_program
 
 pytestmark = pytest.mark.browser
 
@@ -155,6 +156,48 @@ def test_canvas_strokes_appear_in_the_other_browser(open_page: OpenPage) -> None
     assert canvas_pixels(newcomer) == mine
 
 
+def hue(page: Page) -> float:
+    colour = page.get_attribute("#board", "data-colour")
+    match = re.fullmatch(r"hsl\((\d+), 75%, 45%\)", colour or "")
+    assert match, colour
+    return float(match.group(1))
+
+
+def hue_distance(a: float, b: float) -> float:
+    d = abs(a - b) % 360
+    return min(d, 360 - d)
+
+
+def well_apart(page: Page, must_avoid: list[float]) -> None:
+    """Until the page's colour is as far from every hue it has seen on the canvas as a
+    max-min choice guarantees (some gap between n hues is at least 360/n wide; its
+    middle, within the candidates' spacing, is the pick), ``must_avoid`` among them."""
+    try:
+        page.wait_for_function("""(avoid) => {
+            const seen = usedHues;
+            if (!avoid.every((h) => seen.includes(h))) return false;
+            const m = /^hsl\\((\\d+),/.exec(document.getElementById("board").dataset.colour);
+            const mine = +m[1], apart = (a, b) => { const d = Math.abs(a - b) % 360; return Math.min(d, 360 - d); };
+            return Math.min(...seen.map((h) => apart(h, mine))) >= 180 / seen.length - 6;
+        }""", arg=must_avoid, polling=50)
+    except Exception:
+        seen = page.evaluate("() => usedHues")
+        raise AssertionError(f"colour {hue(page)} is too close to one of {seen}") from None
+
+
+def test_canvas_colours_are_well_apart(open_page: OpenPage) -> None:
+    """Each painter gets a hue far from those already on the canvas; a window that has
+    not drawn yet moves away from a colour it sees arrive."""
+    first = open_page("/canvas.html")
+    waiting = open_page("/canvas.html")  # opened before the first one drew: its colour was a guess
+    draw(first, [(0.1, 0.1), (0.2, 0.15), (0.3, 0.2)])
+    well_apart(waiting, [hue(first)])
+    draw(waiting, [(0.1, 0.5), (0.2, 0.55), (0.3, 0.6)])
+    third = open_page("/canvas.html")  # finds both colours in the history
+    well_apart(third, [hue(first), hue(waiting)])
+    assert min(hue_distance(hue(third), h) for h in (hue(first), hue(waiting))) >= 30
+
+
 # -- live logs --------------------------------------------------------------------------------------
 
 
@@ -163,7 +206,7 @@ def test_logs_from_python_logging(open_page: OpenPage, demo: DemoGateway, via: s
     from sockway.loghandler import SockwayHandler
 
     page = open_page("/logs.html")
-    assert page.text_content("#status") == "connected"
+    assert page.text_content("#status") == "connected over websocket"
     page.wait_for_function("() => client.getSubscription('logs').state === 'subscribed'")
     mark = uuid.uuid4().hex[:8]
     logger = logging.getLogger(f"shop.{mark}")
@@ -242,7 +285,7 @@ def test_logs_newcomer_sees_recent_records(open_page: OpenPage, demo: DemoGatewa
 
 def test_tunnel_both_ways(open_page: OpenPage, demo: DemoGateway) -> None:
     page = open_page("/tunnel.html")
-    assert page.text_content("#status") == "connected"
+    assert page.text_content("#status") == "connected over websocket"
     page.wait_for_function("() => client.getSubscription('tunnel').state === 'subscribed'")
     tcp = LineClient(demo.tunnel_port)
     try:
@@ -262,34 +305,48 @@ def test_tunnel_both_ways(open_page: OpenPage, demo: DemoGateway) -> None:
         tcp.close()
 
 
-def test_tunnel_page_command(demo: DemoGateway) -> None:
-    """The page tells users to run ``nc 127.0.0.1 7070``: the port of the config."""
-    assert "nc 127.0.0.1 7070" in page_commands("tunnel.html")
+def test_tunnel_page_command(open_page: OpenPage, demo: DemoGateway) -> None:
+    """The page shows the tunnel's real address (this gateway's is not make demo's 7070),
+    and the command it shows works as it is: nc talks to the browser."""
+    assert "nc 127.0.0.1 7070" in page_commands("tunnel.html")  # as written, for make demo
+    page = open_page("/tunnel.html")
+    shown = shown_commands(page)
+    assert shown == f"nc 127.0.0.1 {demo.tunnel_port}        # or: telnet 127.0.0.1 {demo.tunnel_port}"
+    page.wait_for_function("() => client.getSubscription('tunnel').state === 'subscribed'")
+    nc = require_program("nc", "apt-get install netcat-openbsd")
+    command = shown.split("#")[0].strip().replace("nc ", nc + " ", 1)
+    proc = subprocess.Popen(["bash", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "* connected to channel 'tunnel'; type a line and press enter\n"
+        mark = uuid.uuid4().hex[:6]
+        proc.stdin.write(f"hello from nc {mark}\n")
+        proc.stdin.flush()
+        wait_log(page, f"] hello from nc {mark}")
+    finally:
+        proc.kill()
+        proc.wait(5)
 
 
 # -- broadcast -------------------------------------------------------------------------------------
 
 
 def test_broadcast_page_commands(open_page: OpenPage, demo: DemoGateway) -> None:
-    """Every command the page shows (curl, Python through ZeroMQ, sockway publish, and
-    PHP when php-zmq is there), run from a shell against this gateway."""
+    """Every command the page shows (curl, Python through ZeroMQ, PHP, sockway publish),
+    as the page shows them (with this gateway's addresses), run from a shell."""
     page = open_page("/broadcast.html")
-    commands = command_lines(page_commands("broadcast.html"))
-    by_kind = {
-        "curl": [c for c in commands if c.startswith("curl ")],
-        "python": [c for c in commands if c.startswith(".venv/bin/python -c")],
-        "sockway": [c for c in commands if c.startswith(".venv/bin/sockway publish")],
-        "php": [c for c in commands if c.startswith("php ")],
-    }
-    assert all(len(found) == 1 for found in by_kind.values()), by_kind
+    commands = shown_command_list(page)
+    starts = {"curl": "curl ", "python": ".venv/bin/python - <<'PY'", "php": "php ",
+              "sockway": ".venv/bin/sockway publish"}
+    by_kind = {kind: [c for c in commands if c.startswith(start)] for kind, start in starts.items()}
+    assert all(len(found) == 1 for found in by_kind.values()), commands
+    assert len(commands) == 4, commands
     expected = {"curl": "hello from curl", "python": "hello from Python",
                 "sockway": "hello from sockway publish", "php": "hello from PHP"}
     for kind, (command,) in by_kind.items():
         assert expected[kind] in command
         if kind == "php":
             require_php_zmq()
-            # The script's default address is the demo's PULL socket; point it here.
-            command = command.replace("publish.php ", f"publish.php --to={demo.pull} ")
+            assert f"publish.php --to={demo.pull} " in command  # the page gives it this gateway's address
         result = run_shell(demo.localize(command))
         if kind in ("curl", "sockway"):
             assert '"endpoint": "/broadcast"' in result.stdout.replace('":"', '": "')
@@ -308,11 +365,31 @@ def test_broadcast_reaches_every_browser(open_page: OpenPage, demo: DemoGateway)
 # -- echo and the index ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("transport", [None, "xhr-streaming", "eventsource", "iframe-htmlfile", "jsonp-polling"])
-def test_echo_page(open_page: OpenPage, transport: str | None) -> None:
-    page = open_page("/echo.html" + (f"?transport={transport}" if transport else ""))
-    status = page.text_content("#status")
-    assert status == f"connected over {transport or 'websocket'}"
+ECHO_PICKER = ["", "websocket", "xhr-streaming", "eventsource", "iframe-eventsource", "htmlfile",
+               "iframe-htmlfile", "xhr-polling", "iframe-xhr-polling", "jsonp-polling"]
+
+
+def test_echo_picker_lists_every_transport() -> None:
+    """Every transport sockjs-client 1.6.1 offers a page of the gateway's own origin (the
+    xdr-* ones are Internet Explorer's)."""
+    source = (WWW / "echo.html").read_text()
+    options = re.findall(r'<option(?: value="([^"]*)")?>([^<]*)</option>', source)
+    assert [value if value or text.startswith("automatic") else text for value, text in options] == ECHO_PICKER
+
+
+@pytest.mark.parametrize("transport", ECHO_PICKER)
+def test_echo_page_picker(open_page: OpenPage, demo: DemoGateway, transport: str) -> None:
+    """Choosing a transport in the page's picker reconnects over it (and only it)."""
+    page = open_page("/echo.html")
+    assert page.text_content("#status") == "connected over websocket"  # what SockJS picks here
+    assert page.input_value("#transport") == ""
+    if transport:
+        with page.expect_navigation():
+            page.select_option("#transport", transport)
+        assert page.url == f"{demo.url}/echo.html?transport={transport}"
+        page.wait_for_selector("#status.ok")
+        assert page.input_value("#transport") == transport
+    assert page.text_content("#status") == f"connected over {transport or 'websocket'}"
     say(page, "ping ☃")
     wait_log(page, "< ping ☃")
     assert log_lines(page) == ["> ping ☃", "< ping ☃"]
@@ -323,8 +400,10 @@ def test_index_links(open_page: OpenPage, demo: DemoGateway) -> None:
     assert index.title() == "sockway demos"
     hrefs = index.eval_on_selector_all("a.card", "links => links.map(a => a.getAttribute('href'))")
     assert sorted(hrefs) == sorted(["/broadcast.html", "/chat.html", "/canvas.html", "/logs.html",
-                                    "/tunnel.html", "/echo.html"])
+                                    "/tunnel.html", "/echo.html", "/admin/"])
     for href in hrefs:
+        if href == "/admin/":
+            continue
         with index.expect_navigation() as navigation:
             index.click(f"a.card[href='{href}']")
         response = navigation.value
@@ -336,6 +415,21 @@ def test_index_links(open_page: OpenPage, demo: DemoGateway) -> None:
         with index.expect_navigation():
             index.click("header h1 a")
         assert index.url == demo.url + "/"
+
+
+def test_index_dashboard_card(open_page: OpenPage, demo: DemoGateway) -> None:
+    """The index links the dashboard and gives its key; the key it gives opens it."""
+    index = open_page("/", connected=False)
+    card = index.text_content("a.card[href='/admin/']")
+    key = re.search(r"API key: (\S+)\.$", card.strip())
+    assert key is not None and key.group(1) == demo.key, card
+    with index.expect_navigation():
+        index.click("a.card[href='/admin/']")
+    assert index.title() == "sockway dashboard"
+    index.fill("#key-input", key.group(1))
+    index.click("#key-submit")
+    index.wait_for_selector("#app", state="visible")
+    index.wait_for_function("() => document.getElementById('stat-connections').textContent !== '\\u2013'")
 
 
 def test_index_tool_commands(demo: DemoGateway) -> None:
@@ -353,9 +447,48 @@ def test_index_tool_commands(demo: DemoGateway) -> None:
 @pytest.mark.parametrize("path", ["/chat.html", "/canvas.html", "/broadcast.html", "/echo.html", "/logs.html",
                                   "/tunnel.html"])
 def test_every_page_takes_a_forced_transport(open_page: OpenPage, path: str) -> None:
-    """The index says: add ?transport=... to a demo's URL to force one."""
+    """The index says: add ?transport=... to a demo's URL to force one; every page says
+    which transport it is connected over."""
     page = open_page(f"{path}?transport=xhr-polling")
+    assert page.text_content("#status") == "connected over xhr-polling"
     if path in ("/logs.html", "/tunnel.html"):  # sockway.js pages
         assert page.evaluate("() => client.transport") == "sockjs/xhr-polling"
-    else:
-        assert page.text_content("#status") == "connected over xhr-polling"
+
+
+# -- the commands the pages show --------------------------------------------------------------
+
+
+def shown_commands(page: Page) -> str:
+    """The pages' commands as the browser shows them, once common.js has put this
+    gateway's addresses in."""
+    page.wait_for_selector("body[data-commands='localized']")
+    return "\n".join(page.eval_on_selector_all("pre.cmd, code.cmd", "els => els.map(e => e.textContent)"))
+
+
+def shown_command_list(page: Page) -> list[str]:
+    """One command per paragraph of the page's blocks, comments dropped (a here-document
+    is one command with its lines)."""
+    out = []
+    for paragraph in re.split(r"\n\s*\n", shown_commands(page)):
+        lines = [line for line in paragraph.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        if lines:
+            out.append(re.sub(r"\\\n\s*", " ", "\n".join(lines)))
+    return out
+
+
+@pytest.mark.parametrize("path", ["/", "/broadcast.html", "/logs.html", "/tunnel.html"])
+def test_pages_show_this_gateways_addresses(open_page: OpenPage, demo: DemoGateway, path: str) -> None:
+    """This gateway runs on other ports than make demo's: the commands on its pages say
+    the ports it really uses (host and port from the page's own location, ZeroMQ and the
+    tunnel from /sockway/site.json), none of make demo's."""
+    page = open_page(path, connected=path != "/")
+    shown = shown_commands(page)
+    for default in ("8080", "5555", "5557", "7070"):
+        assert default not in shown, (default, shown)
+    expected = {"/": [f"ws://127.0.0.1:{demo.port}/echo/websocket", f"http://127.0.0.1:{demo.port}/chat"],
+                "/broadcast.html": [f"http://127.0.0.1:{demo.port}/api/broadcast", demo.pull],
+                "/logs.html": [f'SockwayHandler("{demo.pull}"',
+                               f'php demos/logs/log.php warning "disk almost full" {demo.pull}'],
+                "/tunnel.html": [f"nc 127.0.0.1 {demo.tunnel_port}"]}[path]
+    for text in expected:
+        assert text in shown, (text, shown)
