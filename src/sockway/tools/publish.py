@@ -11,6 +11,8 @@ line, through any bridge (what zmqc was to the talk).
     tail -f app.log | sockway publish logs --url ... --key K       # one message per line
 
 Without DATA, each stdin line is published. DATA is a string unless ``--json``.
+Output: a JSON line per message, the gateway's answer (HTTP API, Redis, NATS) or, through
+ZeroMQ, which gives none, what was sent to which address.
 Exit status: 0 when everything was accepted, 1 when the gateway refused something or
 could not be reached (the reason is printed), 2 for a usage error.
 """
@@ -126,10 +128,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"sockway publish: bad ZeroMQ address {args.zmq!r} ({exc}); use tcp://HOST:PORT",
                   file=sys.stderr)
             return 2
+        kind = "PUB" if args.pub else "PUSH"
         with publisher:
             for line in lines():
                 for cmd in _commands(args, [line]):
                     publisher.socket.send(json.dumps(cmd).encode())
+                    # ZeroMQ gives no answer: say what went where instead.
+                    print(json.dumps({"sent": cmd, "to": args.zmq, "socket": kind}), flush=True)
         return 0
     return _run_broker(args, lines())
 

@@ -8,8 +8,9 @@
     sockway tail events --redis redis://127.0.0.1:6379/0       # a cluster's event stream
     sockway tail channel news --nats nats://127.0.0.1:4222     # a channel, from the broker
 
-Output: one JSON object per line. Stops after ``--count`` items or ``--timeout`` seconds
-of silence. ``--url`` watches the gateway's admin stream: it sees every event and takes
+Output: one JSON object per line; first, on stderr, which endpoints emit events (those
+in channels or app mode: echo and broadcast endpoints emit none). Stops after ``--count``
+items or ``--timeout`` seconds of silence. ``--url`` watches the gateway's admin stream: it sees every event and takes
 none from the application. A PULL socket (``--zmq``) shares events with the
 application's workers (each event goes to one of them), so tail events from a ZeroMQ
 PUSH only when no worker runs. ``--redis`` and ``--nats`` take the cluster's ``[broker]
@@ -85,6 +86,9 @@ async def _tail_admin_events(args: argparse.Namespace) -> int:
             print(f"sockway tail: cannot reach {args.url}: {exc}", file=sys.stderr)
             return 1
         async with ws:
+            print(f"sockway tail: watching events of {args.url}; "
+                  f"{await _emitters(session, args.url.rstrip('/') + '/admin/api/stats')}",
+                  file=sys.stderr, flush=True)
             while args.count is None or count < args.count:
                 try:
                     message = await ws.receive(timeout=args.timeout)
@@ -98,6 +102,30 @@ async def _tail_admin_events(args: argparse.Namespace) -> int:
                     if args.count is not None and count >= args.count:
                         break
     return 0
+
+
+EMITTING_MODES = ("channels", "app")
+"""The endpoint modes whose connections emit application events (docs/bridge.md)."""
+
+
+async def _emitters(session, stats_url: str) -> str:
+    """Which of the gateway's endpoints emit events, from its admin stats: a user who
+    watches an echo or broadcast endpoint would otherwise wait for nothing."""
+    import aiohttp
+
+    general = "only channels- and app-mode endpoints emit events"
+    try:
+        async with session.get(stats_url, timeout=aiohttp.ClientTimeout(total=5)) as response:
+            endpoints = (await response.json(content_type=None))["result"]["endpoints"]
+        modes = {prefix: entry["mode"] for prefix, entry in endpoints.items()}
+    except Exception:  # an older gateway, or one answering something else: say the rule only
+        return general
+    emitting = [f"{prefix} ({mode})" for prefix, mode in modes.items() if mode in EMITTING_MODES]
+    silent = [f"{prefix} ({mode})" for prefix, mode in modes.items() if mode not in EMITTING_MODES]
+    if not emitting:
+        return f"none of its endpoints emits events ({general}: {', '.join(silent)} do not)"
+    said = f"events come from {', '.join(emitting)}"
+    return said + (f"; {', '.join(silent)} emit none" if silent else "")
 
 
 async def _refusal(session, url: str) -> str:
@@ -138,6 +166,8 @@ def _tail_events(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"sockway tail: {exc}", file=sys.stderr)
         return 2
+    print(f"sockway tail: pulling events from {args.zmq} (only channels- and app-mode endpoints emit them)",
+          file=sys.stderr, flush=True)
     count = 0
     try:
         while args.count is None or count < args.count:
