@@ -1,4 +1,4 @@
-"""The standard SockJS protocol test server (DESIGN.md contract 2).
+"""The standard SockJS protocol test server (docs/cli.md, "sockway testserver").
 
 Endpoints, as the sockjs-protocol suite and sockjs-client's own tests expect them:
 

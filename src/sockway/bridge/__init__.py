@@ -1,4 +1,4 @@
-"""The application side: client events out, commands in (DESIGN.md contracts 3-5).
+"""The application side: client events out, commands in (docs/bridge.md).
 
 Events (gateway -> application) are JSON objects built once and handed to every
 configured output (ZeroMQ PUSH, webhooks, ...). Commands (application -> gateway) are

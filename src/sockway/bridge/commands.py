@@ -1,4 +1,4 @@
-"""Commands from the application.
+"""Commands from the application (docs/bridge.md, "Commands").
 
 One JSON object per command, the same whichever way it arrives (HTTP API, ZeroMQ,
 webhook response)::

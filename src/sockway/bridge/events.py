@@ -1,4 +1,4 @@
-"""Application events (DESIGN.md contract 3).
+"""Application events (docs/bridge.md, "Events").
 
 Every event is one JSON object::
 

@@ -1,4 +1,4 @@
-"""The talk's ZeroMQ pattern (DESIGN.md contract 5).
+"""The talk's ZeroMQ pattern (docs/bridge.md, "ZeroMQ").
 
 * A bound **SUB** socket (``[zeromq] sub``, e.g. tcp://127.0.0.1:5555) that any program
   PUB-connects to and publishes commands into, and a bound **PULL** socket

@@ -1,6 +1,6 @@
 """The ``app`` mode: every client open, message and close becomes an application event
-(DESIGN.md contract 3), and the application drives the connection with commands
-(contract 4): send, publish, subscribe, unsubscribe, close.
+(docs/bridge.md, "Events"), and the application drives the connection with commands
+(docs/bridge.md, "Commands"): send, publish, subscribe, unsubscribe, close.
 
 With ``app_accept = true`` a new connection is held until the application answers its
 ``open`` event with ``{"op": "accept", "conn": ...}`` (or closes it, or says nothing

@@ -4,8 +4,9 @@ Connections that get something queued register here once; at the end of the curr
 loop iteration (``call_soon``) every registered connection flushes everything it has
 queued in one write. Nothing waits on a timer, so a lone message goes out on the next
 iteration (latency unchanged), while a burst of a thousand messages costs one system
-call per recipient instead of a thousand. DESIGN.md's performance principles explain
-why: the write system call, not Python, is what limits a fan-out server.
+call per recipient instead of a thousand. docs/architecture.md ("Encode once, write once
+per iteration") explains why: the write system call, not Python, is what limits a
+fan-out server.
 
 ``flush(cache)`` receives a dictionary that lives for one flush pass; connections that
 build the same bytes from the same queued messages (SockJS ``a[...]`` frames, a
