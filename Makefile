@@ -43,7 +43,7 @@ demo: $(DEMO_STAMP) $(if $(NPM),node_modules/.package-lock.json)
 ## Run the whole test suite.
 test: $(STAMP) node_modules/.package-lock.json system-deps
 	@$(STEP) "checking the code with ruff…" $(BIN)/ruff check src tests benchmarks scripts
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --groups
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --groups -o console_output_style=classic
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
