@@ -19,6 +19,12 @@ want() {  # want PACKAGE REASON: when its check (run by the caller) failed
   why+=("$1 ($2)")
 }
 
+reasons() {  # the packages with what each is for, comma-separated
+  local out="" item
+  for item in "${why[@]}"; do out+="${out:+, }$item"; done
+  echo "$out"
+}
+
 if [ "$mode" = demo ]; then
   command -v php >/dev/null 2>&1 || want php-cli "the Broadcast and Live logs pages' PHP commands"
   php -m 2>/dev/null | grep -qx zmq || want php-zmq "ZeroMQ for those PHP commands"
@@ -26,7 +32,7 @@ if [ "$mode" = demo ]; then
   command -v npm >/dev/null 2>&1 || want npm "sockjs-client for the pages; without it they load it from a CDN"
   if [ ${#need[@]} -gt 0 ]; then
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo "
-    echo "note: missing ${why[*]}; install with: ${sudo}apt-get install ${need[*]}"
+    echo "note: missing $(reasons); install with: ${sudo}apt-get install ${need[*]}"
   fi
   exit 0
 fi
@@ -45,7 +51,7 @@ if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing the Debian packages the tests drive (apt-get, as root): ${why[*]}…"
+  echo "installing the Debian packages the tests drive (apt-get, as root): $(reasons)…"
   export DEBIAN_FRONTEND=noninteractive
   log=$(mktemp "${TMPDIR:-/tmp}/sockway-apt.XXXXXX")
   if ! { apt-get update -qq && apt-get install -y -qq "${need[@]}"; } >"$log" 2>&1; then
@@ -54,6 +60,6 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   fi
   rm -f "$log"
 else
-  echo "note: missing ${why[*]}; install with: sudo apt-get install ${need[*]}" >&2
+  echo "note: missing $(reasons); install with: sudo apt-get install ${need[*]}" >&2
 fi
 exit 0
