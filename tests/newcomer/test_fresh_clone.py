@@ -21,12 +21,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from newcomer_support import FreshDemo, fresh_demo, readme_shell_lines, readme_table_commands
+from newcomer_support import INSTALL_TIMEOUT, FreshDemo, fresh_demo, readme_shell_lines, readme_table_commands
 from websockets.sync.client import connect
 
 from support import ROOT, free_port, require_php_zmq, require_program
 
-pytestmark = pytest.mark.xdist_group("fresh-clone")  # one clone and one make demo for the module
+# One clone and one make demo for the module, whose first test waits for the install.
+pytestmark = [pytest.mark.xdist_group("fresh-clone"), pytest.mark.timeout(INSTALL_TIMEOUT + 60)]
 
 T = 10.0
 

@@ -23,7 +23,8 @@ from browser.browser_harness import BrowserPage, static_server
 from sockway.client_bundles import SOCKJS
 from support import ROOT, GatewayProcess, chromium_browser, free_port, require_file
 
-pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("wheel")]  # one build for the module
+# One build for the module; its first test waits for two wheels and a virtual environment.
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("wheel"), pytest.mark.timeout(600)]
 
 NODE_CLIENT = ROOT / "node_modules" / SOCKJS.package / SOCKJS.dist
 # What sockjs-client 1.6.1 offers a page of another origin than the gateway's (as in
