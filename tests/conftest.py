@@ -17,6 +17,7 @@ def testserver() -> GatewayProcess:
         yield proc
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The demo tests run on free ports like every other test; they are kept in one
     worker under pytest-xdist (``--dist loadgroup``) because each of their modules shares
@@ -24,6 +25,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "demos" in item.path.parts:
             item.add_marker(pytest.mark.xdist_group("demos"))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
+    """Under ``--dist loadgroup``, say it loudly when the groups were lost: pytest-xdist
+    (3.8) groups by a suffix it writes into each grouped test's node id, which pytest 9.2's
+    structured node ids ignore, so the groups silently fall apart (each module's gateway
+    and Chromium are then started in both workers: slower, still correct)."""
+    config = node.config
+    if config.getvalue("dist") != "loadgroup" or getattr(config, "_sockway_groups_checked", False):
+        return
+    config._sockway_groups_checked = True
+    lost = [nodeid for nodeid in ids if nodeid.startswith("tests/demos/") and "@" not in nodeid]
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if lost and reporter is not None:
+        reporter.write_line(f"warning: --dist loadgroup does not group with pytest {pytest.__version__} and this "
+                            f"pytest-xdist ({lost[0]} has no group): install the versions pyproject.toml asks for",
+                            yellow=True, bold=True)
 
 
 # -- --groups: one line per test directory ----------------------------------------------------
