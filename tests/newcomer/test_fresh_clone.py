@@ -29,7 +29,7 @@ from support import ROOT, free_port, require_php_zmq, require_program
 # One clone and one make demo for the module, whose first test waits for the install.
 pytestmark = [pytest.mark.xdist_group("fresh-clone"), pytest.mark.timeout(INSTALL_TIMEOUT + 60)]
 
-T = 10.0
+T = 20.0  # seconds: the bound of each wait (generous: the machine may be busy)
 
 MAKE_STEPS = [
     "creating .venv (a Python virtual environment)…",
