@@ -27,6 +27,9 @@ from support import ROOT, GatewayProcess, chromium_browser, free_port, require_f
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("wheel"), pytest.mark.timeout(600)]
 
 NODE_CLIENT = ROOT / "node_modules" / SOCKJS.package / SOCKJS.dist
+STARTUP_TIMEOUT = 60.0
+"""Seconds the installed gateway may take to answer: its first start compiles the
+bytecode of every module it imports (installed with --no-compile), slow on a busy machine."""
 # What sockjs-client 1.6.1 offers a page of another origin than the gateway's (as in
 # tests/browser): the iframe-* ones load the gateway's iframe page, which loads SockJS.
 TRANSPORTS = ["websocket", "xhr-streaming", "eventsource", "iframe-eventsource", "iframe-htmlfile", "xhr-polling",
@@ -125,7 +128,7 @@ def test_wheel_serves_sockjs_to_every_transport(installed: Installed, chromium: 
     with static_server(NODE_CLIENT) as page_origin:
         gateway = installed.gateway(port, "--allowed-origin", page_origin)
         try:
-            gateway.wait_ready()
+            gateway.wait_ready(STARTUP_TIMEOUT)
             status, _, body = fetch(f"http://127.0.0.1:{port}/sockjs.min.js")
             assert status == 200 and body == NODE_CLIENT.read_bytes()
             status, _, body = fetch(f"http://127.0.0.1:{port}/echo/iframe.html")
@@ -156,7 +159,7 @@ def test_wheel_without_node_modules_points_at_the_cdn(installed: Installed) -> N
     port = free_port()
     gateway = installed.gateway(port)
     try:
-        gateway.wait_ready()
+        gateway.wait_ready(STARTUP_TIMEOUT)
         cdn = "https://cdn.jsdelivr.net/npm/sockjs-client@1.6.1/dist/sockjs.min.js"
         status, headers, _ = fetch(f"http://127.0.0.1:{port}/sockjs.min.js")
         assert (status, headers.get("Location")) == (302, cdn)
