@@ -180,7 +180,7 @@ def well_apart(page: Page, must_avoid: list[float]) -> None:
             const mine = +m[1], apart = (a, b) => { const d = Math.abs(a - b) % 360; return Math.min(d, 360 - d); };
             return Math.min(...seen.map((h) => apart(h, mine))) >= 180 / seen.length - 6;
         }""", arg=must_avoid, polling=50)
-    except Exception:
+    except PlaywrightTimeout:
         seen = page.evaluate("() => usedHues")
         raise AssertionError(f"colour {hue(page)} is too close to one of {seen}") from None
 
