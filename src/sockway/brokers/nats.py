@@ -112,6 +112,8 @@ from sockway.brokers.base import (
     newest_within,
     wait_subscribed,
 )
+from sockway.brokers.gapfill import GapFiller
+from sockway.brokers.sequencer import DELIVER, EPOCH, Gap, Sequencer
 from sockway.brokers.urls import TRUE, events_on, jetstream_name, nats_servers, split_options
 from sockway.brokers.wire import (
     batch_message,
@@ -231,11 +233,15 @@ class NatsBroker(Broker):
         self._subs: dict[str, Any] = {}
         self._pending: dict[str, collections.deque[asyncio.Future]] = {}
         self._sub_ops: asyncio.Queue[tuple[str, str, asyncio.Future | None]] = asyncio.Queue()
-        self._last: dict[str, tuple[int, str, int]] = {}
-        self._floor: dict[str, tuple[int, str, int]] = {}
-        """Per channel, the position its first history read here found: where to fill a
-        gap from after a reconnect when nothing was delivered yet."""
-        self._catching: dict[str, list[tuple[Publication, int]]] = {}
+        self.stats: collections.Counter = collections.Counter()
+        self._seq = Sequencer(ordered=False, stats=self.stats)
+        """Offsets delivered, duplicates dropped, gaps filled (brokers/sequencer.py):
+        unordered, since every node sends its own fan-out messages. Cursors are stream
+        sequences (where a gap's history read starts)."""
+        # A loaded JetStream can time out a read: keep trying for ~10 s before a gap is
+        # accepted as lost.
+        self._gaps = GapFiller(self._seq, self._read_gap, lambda pub: self.on_publication(pub),
+                               (0.2, 0.5, 1.0, 2.0, 3.0, 3.0), log)
         self._outboxes: dict[str, _Outbox] = {}
         self._heads: collections.OrderedDict[str, _Head] = collections.OrderedDict()
         self._streams: set[str] = set()
@@ -250,7 +256,6 @@ class NatsBroker(Broker):
         self._relay_ids = itertools.count(1)
         self._relay_waits: dict[int, asyncio.Future] = {}
         self._parts: dict[str, tuple[float, list[bytes]]] = {}
-        self.stats: collections.Counter = collections.Counter()
 
     # -- names -------------------------------------------------------------------------------
 
@@ -328,9 +333,9 @@ class NatsBroker(Broker):
         self.kv = None
         self.skv = None
         for channel in list(self._interest):
-            last = self._last.get(channel) or self._floor.get(channel)
-            if last is not None and channel not in self._catching:
-                self._catch_up(channel, last)
+            gap = self._seq.resume(channel)
+            if gap is not None:
+                self._gaps.start(gap)
 
     async def _error(self, exc: Exception) -> None:
         log.debug("NATS: %s", exc)
@@ -384,12 +389,11 @@ class NatsBroker(Broker):
         if on:
             if channel not in self._interest:
                 self._interest.add(channel)
+                self._seq.follow(channel)
                 self._queue_sub("subscribe", channel)
         elif channel in self._interest:
             self._interest.discard(channel)
-            self._last.pop(channel, None)
-            self._floor.pop(channel, None)
-            self._catching.pop(channel, None)
+            self._seq.unfollow(channel)
             self._known.pop(channel, None)
             self._queue_sub("unsubscribe", channel)
 
@@ -458,12 +462,12 @@ class NatsBroker(Broker):
                 seq = int(obj.get("s", 0))
                 if seq and pubs:
                     self._remember(channel, (seq, pubs[-1].offset, pubs[-1].epoch), newer=True)
-                for i, pub in enumerate(pubs):
-                    buffered = self._catching.get(channel)
-                    if buffered is not None:  # a gap is being filled: after it
-                        buffered.extend((later, seq) for later in pubs[i:])
-                        break
-                    self._deliver(pub, seq, detect_gaps=True)
+                for pub in pubs:
+                    decision = self._seq.offer(pub, seq)
+                    if decision is DELIVER or decision is EPOCH:
+                        self.on_publication(pub)
+                    elif isinstance(decision, Gap):
+                        self._gaps.start(decision)
             elif tag in (b"j", b"l"):
                 obj = decode_json(data[1:])
                 conn = obj["c"]
@@ -478,67 +482,9 @@ class NatsBroker(Broker):
         except Exception:
             log.exception("bad message on channel %s", channel)
 
-    def _deliver(self, pub: Publication, seq: int, detect_gaps: bool) -> None:
-        channel = pub.channel
-        if channel not in self._interest:
-            return
-        # Before the first delivery here, the position of the first history read (what
-        # subscribers here were given) is the reference: fan-out messages of several
-        # nodes can arrive out of order, and the first one to come is not always next.
-        last = self._last.get(channel) or self._floor.get(channel)
-        if last is not None and last[1] == pub.epoch:
-            if pub.offset <= last[0]:
-                self.stats["duplicates"] += 1
-                return
-            if detect_gaps and pub.offset > last[0] + 1:
-                self.stats["gaps"] += 1
-                self._catch_up(channel, last, [(pub, seq)])
-                return
-        self._last[channel] = (pub.offset, pub.epoch, seq)
-        self.on_publication(pub)
-
-    def _catch_up(self, channel: str, since: tuple[int, str, int],
-                  buffered: list[tuple[Publication, int]] | None = None) -> None:
-        """Deliver what the channel's history subject holds after ``since``, then what
-        arrived live meanwhile (buffered until then), each once."""
-        self._catching[channel] = list(buffered or ())
-        self.stats["catch_ups"] += 1
-
-        async def run() -> None:
-            missed: list[tuple[Publication, int]] = []
-            # A loaded JetStream can time out a read: keep trying for ~10 s before the
-            # gap is accepted as lost.
-            for delay in (0.2, 0.5, 1.0, 2.0, 3.0, 3.0, None):
-                try:
-                    # From the message holding offset ``since`` on (a batch may hold
-                    # more after it); what is not after ``since`` is dropped.
-                    missed = [(pub, seq) for pub, seq in await self._walk_any(channel, since[2] - 1)
-                              if pub.epoch != since[1] or pub.offset > since[0]]
-                    break
-                except Exception as exc:
-                    if delay is None or channel not in self._catching:
-                        log.warning("could not fill the gap of channel %s: %s", channel, exc)
-                        break
-                    await asyncio.sleep(delay)
-            live = self._catching.pop(channel, [])
-            log.info("channel %s: %d publication(s) after offset %d read from history, %d live",
-                     channel, len(missed), since[0], len(live))
-            before = self._last.get(channel)
-            for pub, seq in missed:
-                self._deliver(pub, seq, detect_gaps=False)
-            # Live ones with gap detection: one published later may have overtaken one
-            # stored after the walk (fan-out messages of different nodes race), and then a
-            # new catch-up takes the rest. A catch-up that found nothing accepts the gap
-            # (the history no longer has it), so this ends.
-            progress = self._last.get(channel) != before
-            pending = sorted(live, key=lambda item: item[0].offset)
-            for i, (pub, seq) in enumerate(pending):
-                self._deliver(pub, seq, detect_gaps=progress or i > 0)
-                if channel in self._catching:
-                    self._catching[channel].extend(pending[i + 1:])
-                    break
-
-        _spawn(run())
+    def _read_gap(self, gap: Gap) -> Awaitable[list[tuple[Publication, int]]]:
+        """From the message holding the gap's start on (a batch may hold more after it)."""
+        return self._walk_any(gap.channel, gap.since[2] - 1)
 
     async def _walk_any(self, channel: str, after_seq: int) -> list[tuple[Publication, int]]:
         """The channel's publications stored after stream sequence ``after_seq``, in
@@ -807,8 +753,7 @@ class NatsBroker(Broker):
         try:
             stream, subject, head = await self._position(channel, policy)
             position = StreamPosition(head[1], head[2])
-            if channel in self._interest and channel not in self._floor:
-                self._floor[channel] = (head[1], head[2], head[0])
+            self._seq.start_at(channel, head[1], head[2], head[0])  # where subscribers here start
             wanted = policy.size and not (since is None and limit == 0) and not (
                 since is not None and (since.epoch != head[2] or since.offset >= head[1]))
             items = await self._shared_walk(stream, subject, channel, head[0]) if wanted else []

@@ -106,6 +106,8 @@ from sockway.brokers.base import (
     newest_within,
     wait_subscribed,
 )
+from sockway.brokers.gapfill import GapFiller
+from sockway.brokers.sequencer import DELIVER, EPOCH, Gap, Sequencer
 from sockway.brokers.urls import TRUE, events_on, split_options
 from sockway.brokers.wire import decode_json, decode_publication, publication_body
 from sockway.jsonutil import dumps
@@ -369,11 +371,12 @@ class RedisBroker(Broker):
         self._pending: dict[str, collections.deque[asyncio.Future]] = {}
         self._sub_ops: collections.deque[tuple[str, str]] = collections.deque()
         self._sub_wakeup = asyncio.Event()
-        self._last: dict[str, tuple[int, str]] = {}
-        self._floor: dict[str, tuple[int, str]] = {}
-        """Per channel, the position its first history read here found: where to fill a
-        gap from when nothing was delivered yet (it drops nothing as a duplicate)."""
-        self._catching: dict[str, list[Publication]] = {}
+        self.stats = collections.Counter()
+        self._seq = Sequencer(ordered=True, stats=self.stats)
+        """Offsets delivered, duplicates dropped, gaps filled (brokers/sequencer.py):
+        ordered, since every node reads all its channels on one pub/sub connection."""
+        self._gaps = GapFiller(self._seq, self._read_gap, lambda pub: self.on_publication(pub),
+                               (0.1, 0.5, 1.0), log)
         self._writes: collections.deque[_Write] = collections.deque()
         self._write_wakeup = asyncio.Event()
         self._members: dict[str, dict[str, tuple[bytes, bytes]]] = {}
@@ -387,7 +390,6 @@ class RedisBroker(Broker):
         """SockJS sessions this node owns (their records are refreshed)."""
         self._publishes: collections.deque[tuple[str, bytes, asyncio.Future]] = collections.deque()
         self._publish_wakeup = asyncio.Event()
-        self.stats = collections.Counter()
 
     # -- names ---------------------------------------------------------------------------
 
@@ -581,10 +583,10 @@ class RedisBroker(Broker):
                         del self._pending[channel]
                     if not future.done():
                         future.set_result(None)
-                last = self._last.get(channel) or self._floor.get(channel)
-                if last is not None and channel in self._interest and channel not in self._catching:
-                    # Resubscribed after a lost connection: fill what was missed meanwhile.
-                    self._catch_up(channel, last)
+                # Resubscribed after a lost connection: fill what was missed meanwhile.
+                gap = self._seq.resume(channel)
+                if gap is not None:
+                    self._gaps.start(gap)
         return False
 
     # -- channels ----------------------------------------------------------------------------
@@ -594,11 +596,11 @@ class RedisBroker(Broker):
         try:
             if tag == b"p":
                 pub = decode_publication(channel, data[1:])
-                buffered = self._catching.get(channel)
-                if buffered is not None:
-                    buffered.append(pub)
-                else:
-                    self._deliver(pub, detect_gaps=True)
+                decision = self._seq.offer(pub)
+                if decision is DELIVER or decision is EPOCH:
+                    self.on_publication(pub)
+                elif isinstance(decision, Gap):
+                    self._gaps.start(decision)
             elif tag in (b"j", b"l"):
                 obj = decode_json(data[1:])
                 conn = obj["c"]
@@ -608,61 +610,15 @@ class RedisBroker(Broker):
         except Exception:
             log.exception("bad message on channel %s", channel)
 
-    def _deliver(self, pub: Publication, detect_gaps: bool) -> None:
-        channel = pub.channel
-        if channel not in self._interest:
-            return
-        last = self._last.get(channel)
-        if last is not None and last[1] == pub.epoch:
-            if pub.offset <= last[0]:
-                self.stats["duplicates"] += 1
-                return
-            if detect_gaps and pub.offset > last[0] + 1:
-                self.stats["gaps"] += 1
-                self._catch_up(channel, last, [pub])
-                return
-        self._last[channel] = (pub.offset, pub.epoch)
-        self.on_publication(pub)
-
-    def _catch_up(self, channel: str, since: tuple[int, str], buffered: list | None = None) -> None:
-        """Deliver what the channel's stream holds after ``since``, then what arrived
-        live meanwhile (buffered until then), each once."""
-        self._catching[channel] = list(buffered or ())
-        self.stats["catch_ups"] += 1
-
-        async def run() -> None:
-            missed: list[Publication] = []
-            for delay in (0.1, 0.5, 1.0, None):
-                try:
-                    _offset, epoch, entries = await self._read(channel, "after", f"{since[0] + 1}-0")
-                    if epoch != since[1]:
-                        # The channel's state was lost and started again (a Redis restart
-                        # without persistence): what its new epoch holds is what was missed.
-                        _offset, epoch, entries = await self._read(channel, "all", "")
-                    missed = [decode_publication(channel, fields[1]) for _id, fields in entries]
-                    break
-                except Exception as exc:
-                    if delay is None or channel not in self._catching:
-                        log.warning("could not fill the gap of channel %s: %s", channel, exc)
-                        break
-                    await asyncio.sleep(delay)
-            live = self._catching.pop(channel, [])
-            log.info("channel %s: %d publication(s) missed after offset %d (epoch %s) filled "
-                     "from history, %d live", channel, len(missed), since[0], since[1], len(live))
-            before = self._last.get(channel)
-            for pub in missed:
-                self._deliver(pub, detect_gaps=False)
-            # Live ones with gap detection (a catch-up that found nothing accepts the gap:
-            # the stream no longer has it, so this ends).
-            progress = self._last.get(channel) != before
-            pending = sorted(live, key=lambda p: p.offset)
-            for i, pub in enumerate(pending):
-                self._deliver(pub, detect_gaps=progress or i > 0)
-                if channel in self._catching:
-                    self._catching[channel].extend(pending[i + 1:])
-                    break
-
-        _spawn(run())
+    async def _read_gap(self, gap: Gap) -> list[tuple[Publication, None]]:
+        """What the channel's stream holds after the gap's start."""
+        channel, (offset, epoch, _cursor) = gap.channel, gap.since
+        _offset, found, entries = await self._read(channel, "after", f"{offset + 1}-0")
+        if found != epoch:
+            # The channel's state was lost and started again (a Redis restart without
+            # persistence): what its new epoch holds is what was missed.
+            _offset, found, entries = await self._read(channel, "all", "")
+        return [(decode_publication(channel, fields[1]), None) for _id, fields in entries]
 
     def publish(self, channel: str, data: Any, policy: HistoryPolicy,
                 info: dict | None = None) -> Awaitable[Publication]:
@@ -686,14 +642,13 @@ class RedisBroker(Broker):
             if channel in self._interest:
                 return None
             self._interest.add(channel)
+            self._seq.follow(channel)
             self._queue_sub("subscribe", channel)
             return None
         if channel not in self._interest:
             return None
         self._interest.discard(channel)
-        self._last.pop(channel, None)
-        self._floor.pop(channel, None)
-        self._catching.pop(channel, None)
+        self._seq.unfollow(channel)
         self._queue_sub("unsubscribe", channel)
         return None
 
@@ -711,8 +666,7 @@ class RedisBroker(Broker):
         offset, epoch, entries = await self._eval(
             _SCRIPTS["history"], self._keys(channel), [epoch, mode, arg, self.meta_ttl_ms], retry=True)
         offset, epoch = int(offset), _text(epoch)
-        if channel in self._interest and channel not in self._floor:
-            self._floor[channel] = (offset, epoch)
+        self._seq.start_at(channel, offset, epoch)  # where subscribers here start
         return offset, epoch, entries
 
     def history(self, channel: str, policy: HistoryPolicy, since: StreamPosition | None = None,
