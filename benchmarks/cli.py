@@ -14,16 +14,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import abuse, pubsub
+from benchmarks import abuse, pubsub, storms
 from benchmarks.report import render
 from benchmarks.runner import Settings, plan, run_all
 from benchmarks.servers import BENCH_DIR, ROOT, SERVERS, ServerError, node_binary
 
 __all__ = ["main"]
 
-SCENARIOS = ("calibrate", "fanout", "echo", "idle", "bridge", "scaleout", "abuse")
+SCENARIOS = ("calibrate", "fanout", "echo", "idle", "bridge", "scaleout", "abuse", "steady", "storm", "reconnect")
 DEFAULT_SCENARIOS = ("calibrate", "fanout", "echo", "idle")
-"""bridge, scaleout and abuse take minutes of their own: run when named."""
+"""bridge, scaleout, abuse, steady, storm and reconnect take minutes of their own: run when named
+(``make bench-perf``: calibrate,steady,storm,reconnect)."""
 
 
 def _ints(text: str) -> list[int]:
@@ -49,6 +50,22 @@ def _names(choices: tuple[str, ...]):
     return parse
 
 
+def _pairs(text: str) -> list[tuple[int, int]]:
+    """"1000x100,5000x100" -> [(1000, 100), (5000, 100)]: clients x messages per second."""
+    pairs = []
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        try:
+            clients, rate = (int(x) for x in item.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected CLIENTSxRATE, like 1000x100, got {item!r}") from None
+        if clients < 1 or rate < 1:
+            raise argparse.ArgumentTypeError(f"expected positive numbers in {item!r}")
+        pairs.append((clients, rate))
+    if not pairs:
+        raise argparse.ArgumentTypeError("expected at least one CLIENTSxRATE")
+    return pairs
+
+
 def _abusers(text: str) -> list[str]:
     return [] if text.strip() == "none" else _names(abuse.KINDS)(text)
 
@@ -59,20 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fan-out, echo round trips and idle memory of sockway, against Node's ws (raw "
                     "WebSocket) and sockjs-node (SockJS over WebSocket) in the same run; with --scenarios "
                     "bridge,scaleout: publishing into a channel through ZeroMQ and the HTTP API against the "
-                    "edge's own path, and one node against two over Redis and NATS. Prints one JSON line per "
-                    "measurement, then a table; saves both under benchmarks/results/.",
+                    "edge's own path, and one node against two over Redis and NATS; with --scenarios "
+                    "steady,storm,reconnect: latency at fixed publishing rates against ws, sockjs-node and "
+                    "socket.io, connection storms, and a gateway restarted under 10,000 subscribers. Prints one "
+                    "JSON line per measurement, then a table; saves both under benchmarks/results/.",
     )
     p.add_argument("--quick", action="store_true",
                    help="a short run (about a minute): 200 and 1000 fan-out clients, 200 messages, "
                         "one 3 s echo round, 2000 idle connections; bridge: 200 and 1000 subscribers, 300 "
-                        "messages; scaleout: 1000 and 2000 clients, 300 messages")
+                        "messages; scaleout: 1000 and 2000 clients, 300 messages; steady: 200x100, 200x1000 and "
+                        "1000x100, 1 + 3 s each; storm: 2000 connections, one round; reconnect: 1000 subscribers")
     p.add_argument("--scenarios", type=_names(SCENARIOS), default=list(DEFAULT_SCENARIOS),
                    help="comma-separated subset of: " + ", ".join(SCENARIOS) + ", or all (default: "
                         + ",".join(DEFAULT_SCENARIOS) + "; bridge and scaleout run when named)")
-    p.add_argument("--servers", type=_names(("sockway", "ws", "sockjs-node")),
-                   default=["sockway", "ws", "sockjs-node"], help="servers to measure (default: all)")
-    p.add_argument("--transports", type=_names(("raw", "sockjs")), default=["raw", "sockjs"],
-                   help="raw (raw WebSocket, vs ws) and/or sockjs (SockJS over WebSocket, vs sockjs-node)")
+    p.add_argument("--servers", type=_names(("sockway", "ws", "sockjs-node", "socket.io")),
+                   default=["sockway", "ws", "sockjs-node", "socket.io"],
+                   help="servers to measure (default: all; socket.io in the steady scenario only)")
+    p.add_argument("--transports", type=_names(("raw", "sockjs", "socketio")), default=["raw", "sockjs", "socketio"],
+                   help="raw (raw WebSocket, vs ws), sockjs (SockJS over WebSocket, vs sockjs-node), socketio "
+                        "(Socket.IO over WebSocket: the steady scenario's third peer)")
     p.add_argument("--clients", type=_ints, help="fan-out client counts (default 1000,5000)")
     p.add_argument("--messages", type=int, help="fan-out messages published (default 1000)")
     p.add_argument("--size", type=int, default=64, help="message size in bytes (default 64)")
@@ -144,6 +166,35 @@ def build_parser() -> argparse.ArgumentParser:
     hostile.add_argument("--gateway-nofile", type=int, default=4096,
                          help="abuse: descriptors the gateway may open (its soft and hard RLIMIT_NOFILE; "
                               "default 4096)")
+    rates = p.add_argument_group(
+        "steady, storm and reconnect", "steady: a paced fan-out, every delivery timed from its send time, against ws, "
+        "sockjs-node and socket.io; storm: connects/s and server CPU per connect while opening N connections; "
+        "reconnect: a gateway restarted under 10,000 channel subscribers that recover from their last offset, "
+        "against the time a restarted ws server takes to accept as many (see benchmarks/README.md). "
+        "--size, --connect-concurrency and --subscribe-concurrency apply too")
+    rates.add_argument("--steady", type=_pairs, metavar="CLIENTSxRATE,...",
+                       help="steady: client counts and messages per second (default "
+                            + ",".join(f"{c}x{r}" for c, r in storms.STEADY_DEFAULT) + "; --quick "
+                            + ",".join(f"{c}x{r}" for c, r in storms.STEADY_QUICK) + ")")
+    rates.add_argument("--steady-seconds", type=float, help="steady: seconds measured per rate (default 10; --quick 3)")
+    rates.add_argument("--steady-warmup", type=float,
+                       help="steady: seconds published before the measured ones (default 2; --quick 1)")
+    rates.add_argument("--steady-bound-ms", type=float, default=1000.0,
+                       help="steady: a rate is 'saturated' when p99 is beyond this, or the deliveries outstanding "
+                            "exceed what the rate produces in this time (then publishing stops early; default 1000)")
+    rates.add_argument("--storm-connections", type=int, help="storm: connections opened (default 10000; --quick 2000)")
+    rates.add_argument("--storm-rounds", type=int,
+                       help="storm: rounds, sockway and peers alternating; the table shows medians (default 3; "
+                            "--quick 1)")
+    rates.add_argument("--reconnect-subscribers", type=int,
+                       help="reconnect: channel subscribers, and ws connections (default 10000; --quick 1000)")
+    rates.add_argument("--reconnect-rate", type=float, default=20.0,
+                       help="reconnect: publications per second into the channel, restart included (default 20)")
+    rates.add_argument("--reconnect-settle", type=float,
+                       help="reconnect: seconds of publishing before the restart, and again once every client is "
+                            "back (default 3; --quick 2)")
+    rates.add_argument("--reconnect-broker", choices=("redis", "nats"), default="redis",
+                       help="reconnect: the broker both gateway nodes share, started on a free port (default redis)")
     p.add_argument("--stall-timeout", type=float, default=20,
                    help="fan-out: fail when nothing is delivered for this many seconds (default 20)")
     p.add_argument("--connect-concurrency", type=int, default=256,
@@ -213,6 +264,17 @@ def _settings(args: argparse.Namespace) -> Settings:
         abusers=args.abusers,
         abuse_scale=args.abuse_scale,
         gateway_nofile=args.gateway_nofile,
+        steady=pick(args.steady, list(storms.STEADY_DEFAULT), list(storms.STEADY_QUICK)),
+        steady_seconds=max(0.5, pick(args.steady_seconds, 10.0, 3.0)),
+        steady_warmup=max(0.0, pick(args.steady_warmup, 2.0, 1.0)),
+        steady_bound_ms=max(1.0, args.steady_bound_ms),
+        storm_connections=max(1, pick(args.storm_connections, 10000, 2000)),
+        storm_rounds=max(1, pick(args.storm_rounds, 3, 1)),
+        reconnect_subscribers=max(1, pick(args.reconnect_subscribers, 10000, 1000)),
+        reconnect_rate=max(0.1, args.reconnect_rate),
+        reconnect_broker=args.reconnect_broker,
+        reconnect_before=max(0.0, pick(args.reconnect_settle, 3.0, 2.0)),
+        reconnect_after=max(0.0, pick(args.reconnect_settle, 3.0, 2.0)),
     )
 
 
@@ -284,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _raise_fd_limit(max(settings.idle_connections, *settings.fanout_clients, *settings.bridge_clients,
                         *settings.scaleout_clients, settings.abuse_subscribers + settings.echo_clients
-                        + round(3500 * settings.abuse_scale)) + 300)
+                        + round(3500 * settings.abuse_scale), settings.storm_connections,
+                        settings.reconnect_subscribers, *(c for c, _ in settings.steady)) + 300)
     snapshot: Path | None = None
     if args.sockway_rev:
         snapshot = Path(tempfile.mkdtemp(prefix="sockway-bench-"))

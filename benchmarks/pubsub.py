@@ -256,8 +256,8 @@ class Gateway:
     """``sockway serve`` with a configuration file, one node or ``--workers N``."""
 
     def __init__(self, config: str, workdir: Path, log_path: Path, workers: int = 1,
-                 pythonpath: Path | None = None, nofile: int | None = None) -> None:
-        self.port = free_port()
+                 pythonpath: Path | None = None, nofile: int | None = None, port: int | None = None) -> None:
+        self.port = free_port() if port is None else port
         self.workers = workers
         path = workdir / f"sockway-{self.port}.toml"
         path.write_text(config)
@@ -270,7 +270,7 @@ class Gateway:
             env["PYTHONPATH"] = str(pythonpath) + os.pathsep + env.get("PYTHONPATH", "")
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop(); a restart appends
         self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=env, cwd=ROOT, start_new_session=True,
                                      preexec_fn=None if nofile is None else _limit_open_files(nofile))

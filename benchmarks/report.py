@@ -10,6 +10,7 @@ from typing import Any
 
 from benchmarks.abuse_report import render_abuse
 from benchmarks.pubsub_report import render_pubsub
+from benchmarks.storms_report import render_storms
 
 __all__ = ["collapse", "render"]
 
@@ -20,6 +21,9 @@ TRANSPORT = {"raw": "raw WS", "sockjs": "SockJS-WS"}
 MEDIAN_KEYS = (
     "round_trips_per_s", "round_trips_per_server_cpu_s", "p50_ms", "p90_ms", "p99_ms", "p999_ms",
     "max_ms", "seconds", "server_cpu_util", "gen_cpu_util", "other_cpu_util",
+    # connection storm rounds
+    "connects_per_s", "server_us_per_connect", "gen_us_per_connect", "connects_per_server_cpu_s",
+    "handshake_p50_ms", "handshake_p99_ms", "handshake_max_ms",
 )
 
 
@@ -29,7 +33,8 @@ def collapse(records: list[Record]) -> list[Record]:
     groups: dict[tuple, list[Record]] = {}
     for record in records:
         key = (record["scenario"], record["clients"], record["server"], record["transport"],
-               bool(record.get("calibration")), record.get("path"), record.get("broker"), record.get("nodes"))
+               bool(record.get("calibration")), record.get("path"), record.get("broker"), record.get("nodes"),
+               record.get("rate") if record["scenario"] == "steady" else None)
         groups.setdefault(key, []).append(record)
     out = []
     for group in groups.values():
@@ -153,7 +158,7 @@ def _header(records: list[Record]) -> list[str]:
     return [
         f"Run {first.get('run_id')} ({first.get('date')}): sockway {first.get('sockway')}, Python "
         f"{first.get('python')} (uvloop {versions.get('uvloop')}), Node {first.get('node')} (ws "
-        f"{versions.get('ws')}, sockjs {versions.get('sockjs')})",
+        f"{versions.get('ws')}, sockjs {versions.get('sockjs')}, socket.io {versions.get('socket.io')})",
         f"Machine: {machine.get('cpus')} x {machine.get('cpu')}, {machine.get('mem_gib')} GiB, Linux "
         f"{machine.get('kernel')}; server and load generator share it",
         "",
@@ -257,6 +262,7 @@ def render(records: list[Record]) -> str:
                       "1 / generator CPU."]
         lines += _table(("scenario", "server", "transport", "rate/s", "per server CPU-s", "window",
                          "server CPU", "generator CPU", "generator headroom", "other processes"), cpu)
+    lines += render_storms(collapsed)
     lines += render_pubsub(collapsed)
     lines += render_abuse(collapsed)
     return "\n".join(lines)

@@ -15,14 +15,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks import abuse, pubsub
+from benchmarks import abuse, pubsub, storms
 from benchmarks.servers import BENCH_DIR, ROOT, SERVERS, ServerError, node_binary, running
 
 __all__ = ["Measurement", "Settings", "environment", "plan", "run_all"]
 
 LOADGEN = BENCH_DIR / "gen" / "loadgen.js"
-ENDPOINTS = {"fanout": "/broadcast", "echo": "/echo", "idle": "/echo"}
+ENDPOINTS = {"fanout": "/broadcast", "echo": "/echo", "idle": "/echo", "steady": "/broadcast", "storm": "/echo"}
 PEER_FOR = {"raw": "ws", "sockjs": "sockjs-node"}
+SOURCE_PREFIX = "127.0.1."
+"""Steady and storm clients connect from 127.0.1.1-250 (a few connections per address, as
+from the internet, so that a limit per client address does not see them as one)."""
 
 
 @dataclass
@@ -71,6 +74,19 @@ class Settings:
     abusers: list[str] = field(default_factory=lambda: list(abuse.KINDS))
     abuse_scale: float = 1.0
     gateway_nofile: int = 4096
+    # steady rate, connection storm, reconnect storm (benchmarks/storms.py)
+    steady: list[tuple[int, int]] = field(default_factory=lambda: list(storms.STEADY_DEFAULT))
+    steady_warmup: float = 2.0
+    steady_seconds: float = 10.0
+    steady_bound_ms: float = 1000.0
+    steady_drain: float = 5.0
+    storm_connections: int = 10000
+    storm_rounds: int = 3
+    reconnect_subscribers: int = 10000
+    reconnect_rate: float = 20.0
+    reconnect_broker: str = "redis"
+    reconnect_before: float = 3.0
+    reconnect_after: float = 3.0
 
 
 @dataclass
@@ -85,6 +101,7 @@ class Measurement:
     path: str = ""  # bridge: how the publications come in (pubsub.BRIDGE_PATHS)
     broker: str = ""  # scaleout: memory, redis, nats
     nodes: int = 1  # scaleout: gateway processes (sockway serve --workers)
+    rate: int = 0  # steady: messages published per second
 
     @property
     def label(self) -> str:
@@ -98,7 +115,11 @@ class Measurement:
             return f"scaleout {self.clients} {self.broker} x{self.nodes}"
         if self.scenario == "abuse":
             return f"abuse {self.clients} subscribers"
+        if self.scenario == "reconnect":
+            return f"reconnect {self.clients} {self.server}"
         text = f"{self.scenario} {self.clients} {self.server} {self.transport}"
+        if self.scenario == "steady":
+            text = f"steady {self.clients} x {self.rate}/s {self.server} {self.transport}"
         return text + (f" round {self.round}/{self.rounds}" if self.rounds > 1 else "")
 
 
@@ -107,9 +128,11 @@ def plan(settings: Settings) -> list[Measurement]:
     and its peer side by side."""
     runs: list[Measurement] = []
     transports = [t for t in ("raw", "sockjs") if t in settings.transports]
-    # With bridge/scaleout alone, calibrate means their own calibrations (pubsub.py), not the blaster's.
+    # With other scenarios alone, calibrate means their own calibrations (pubsub.py,
+    # storms.py), not the fan-out blaster's.
     chosen = set(settings.scenarios)
-    if "calibrate" in chosen and ({"fanout", "echo", "idle"} & chosen or not {"bridge", "scaleout"} & chosen):
+    others = {"bridge", "scaleout", "steady", "storm", "reconnect", "abuse"}
+    if "calibrate" in chosen and ({"fanout", "echo", "idle"} & chosen or not others & chosen):
         # The generator's ceiling, at the largest fan-out and at the echo size.
         for transport in transports:
             runs.append(Measurement("fanout", "blaster", transport, max(settings.fanout_clients), True))
@@ -145,6 +168,7 @@ def plan(settings: Settings) -> list[Measurement]:
         runs += pubsub.plan_scaleout(settings)
     if "abuse" in settings.scenarios:
         runs += abuse.plan(settings)
+    runs += storms.plan(settings)
     return runs
 
 
@@ -208,6 +232,7 @@ def environment(settings: Settings) -> dict[str, Any]:
             "aiohttp": _version("aiohttp"), "websockets": _version("websockets"),
             "uvloop": _version("uvloop"), "orjson": _version("orjson"),
             "ws": _npm_version("ws"), "sockjs": _npm_version("sockjs"),
+            "socket.io": _npm_version("socket.io"),
         },
         "machine": {
             "cpu": _cpu_model(), "cpus": os.cpu_count(), "mem_gib": _mem_total_gib(),
@@ -231,7 +256,16 @@ def _generator_config(m: Measurement, s: Settings, port: int, pid: int) -> dict[
         "connectConcurrency": s.connect_concurrency,
         "connectTimeout": 60 if m.clients <= 5000 else 120,
     }
-    if m.scenario == "fanout":
+    if m.scenario in ("steady", "storm"):
+        config["sourcePrefix"] = SOURCE_PREFIX
+    if m.scenario == "steady":
+        config |= {"rate": m.rate, "warmup": s.steady_warmup, "duration": s.steady_seconds,
+                   "boundMs": s.steady_bound_ms, "drainTimeout": s.steady_drain}
+        if m.server == "blaster":
+            config["endpoint"] = "/relay"
+    elif m.scenario == "storm":
+        config |= {"warmConnections": 100}
+    elif m.scenario == "fanout":
         config |= {"messages": s.messages, "window": s.window, "stallTimeout": s.stall_timeout,
                    "timeout": 600}
     elif m.scenario == "echo":
@@ -248,6 +282,10 @@ def _hard_timeout(m: Measurement, s: Settings) -> float:
         return connect + 600 + 30
     if m.scenario == "echo":
         return connect + s.echo_warmup + s.echo_duration + 30
+    if m.scenario == "steady":
+        return connect + s.steady_warmup + s.steady_seconds + s.steady_drain + 60
+    if m.scenario == "storm":
+        return connect + 30
     return connect + s.idle_wait + 30
 
 
@@ -302,6 +340,8 @@ def wait_for_quiet(s: Settings, label: str) -> float | None:
     whole run) until other processes use less than ``disturbed_above`` of a core. Returns
     the last load seen."""
     global _waited
+    if s.quiet_wait <= 0:
+        return None  # not waiting, and not spending half a second on a reading
     started = time.monotonic()
     deadline = started + max(0.0, min(s.quiet_wait, QUIET_BUDGET - _waited))
     load = machine_busy(0.5)
@@ -357,6 +397,8 @@ def measure_once(m: Measurement, s: Settings, env: dict[str, Any], run_id: str) 
         return pubsub.measure_once(m, s, env, run_id)
     if m.scenario == "abuse":
         return abuse.measure_once(m, s, env, run_id)
+    if m.scenario == "reconnect":
+        return storms.measure_reconnect(m, s, env, run_id)
     spec = SERVERS[m.server]
     started = time.monotonic()
     record: dict[str, Any] = {
@@ -372,9 +414,14 @@ def measure_once(m: Measurement, s: Settings, env: dict[str, Any], run_id: str) 
     elif m.scenario == "echo":
         record |= {"duration": s.echo_duration, "warmup": s.echo_warmup, "round": m.round,
                    "rounds": m.rounds}
+    elif m.scenario == "steady":
+        record |= {"rate": m.rate, "warmup": s.steady_warmup, "duration": s.steady_seconds}
+    elif m.scenario == "storm":
+        record |= {"round": m.round, "rounds": m.rounds}
     else:
         record |= {"idle_wait": s.idle_wait}
-    log_path = s.results_dir / "logs" / (f"{run_id}-{m.scenario}-{m.clients}-{m.server}-{m.transport}"
+    rate = f"-{m.rate}" if m.scenario == "steady" else ""
+    log_path = s.results_dir / "logs" / (f"{run_id}-{m.scenario}-{m.clients}{rate}-{m.server}-{m.transport}"
                                          f"-{m.round}.log")
     print(f"[bench] {m.label}: starting {m.server}", file=sys.stderr, flush=True)
     try:

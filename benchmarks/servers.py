@@ -56,14 +56,18 @@ class ServerSpec:
     health: str
     kind: str  # "sockway", "peer" or "calibration"
 
-    def command(self, port: int, messages: int, size: int) -> list[str]:
+    def command(self, port: int, messages: int, size: int, config: Path | None = None) -> list[str]:
+        """``config``: where sockway's configuration file goes (written here)."""
         if self.name == "sockway":
-            return [python_binary(), "-m", "sockway", "serve", "--port", str(port),
-                    "--endpoint", "/broadcast=broadcast", "--endpoint", "/echo=echo",
+            assert config is not None
+            config.parent.mkdir(parents=True, exist_ok=True)
+            config.write_text(SOCKWAY_CONFIG)
+            return [python_binary(), "-m", "sockway", "serve", "--port", str(port), "--config", str(config),
                     "--log-level", "warning"]
         script = {
             "ws": BENCH_DIR / "peers" / "ws_server.js",
             "sockjs-node": BENCH_DIR / "peers" / "sockjs_server.js",
+            "socket.io": BENCH_DIR / "peers" / "socketio_server.js",
             "blaster": BENCH_DIR / "gen" / "blaster.js",
         }[self.name]
         command = [node_binary(), str(script), "--port", str(port)]
@@ -72,12 +76,35 @@ class ServerSpec:
         return command
 
 
+SUBPROTOCOL = "bench.v1"
+"""The subprotocol every server under test offers on raw WebSocket (sockway's endpoint
+``subprotocols``, ws's ``handleProtocols``); only the connection storm's clients ask for it."""
+
+SOCKWAY_CONFIG = f"""
+# sockway's defaults (origin: same origin only; limits; permessage-deflate negotiated when
+# offered), two endpoints, and a subprotocol to choose when a client offers it.
+[endpoint_defaults]
+subprotocols = ["{SUBPROTOCOL}"]
+
+[[endpoint]]
+prefix = "/broadcast"
+mode = "broadcast"
+
+[[endpoint]]
+prefix = "/echo"
+mode = "echo"
+"""
+"""What ``sockway serve --config`` gets in the fan-out, echo, idle, steady and storm
+scenarios: the same as ``--endpoint /broadcast=broadcast --endpoint /echo=echo``, plus the
+subprotocol (which changes nothing for a client that does not offer it)."""
+
 SERVERS: dict[str, ServerSpec] = {
     spec.name: spec
     for spec in (
         ServerSpec("sockway", ("raw", "sockjs"), "/sockway/health", "sockway"),
         ServerSpec("ws", ("raw",), "/health", "peer"),
         ServerSpec("sockjs-node", ("sockjs",), "/health", "peer"),
+        ServerSpec("socket.io", ("socketio",), "/health", "peer"),
         ServerSpec("blaster", ("raw", "sockjs"), "/health", "calibration"),
     )
 }
@@ -87,17 +114,17 @@ class ServerProcess:
     """One running server. Its output goes to ``log_path``; quoted in errors."""
 
     def __init__(self, spec: ServerSpec, log_path: Path, messages: int, size: int,
-                 pythonpath: Path | None = None) -> None:
+                 pythonpath: Path | None = None, port: int | None = None) -> None:
         self.spec = spec
-        self.port = free_port()
+        self.port = free_port() if port is None else port
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop(); a restart appends
         env = dict(os.environ)
         if pythonpath is not None and spec.name == "sockway":
             env["PYTHONPATH"] = str(pythonpath) + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
-            spec.command(self.port, messages, size),
+            spec.command(self.port, messages, size, log_path.with_suffix(".toml")),
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env,
             cwd=ROOT, start_new_session=True,  # Ctrl-C reaches the runner, which stops us
         )

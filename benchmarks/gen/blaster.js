@@ -10,7 +10,11 @@
 // numbered messages, pre-framed once (one WebSocket frame per message, or one SockJS
 // a["..."] frame per message: the framing that costs the generator the most to parse),
 // in a single write per connection; later client frames are ignored. On /echo/...:
-// every message goes straight back. GET /health answers 200.
+// every message goes straight back. On /relay/... (the steady-rate scenario's
+// calibration): every message goes to every /relay connection of its kind, the messages
+// that arrived in one turn of the event loop in one write per connection (as sockway
+// coalesces). A handshake's headers are not checked (no origin check, no subprotocol,
+// no permessage-deflate: the least work). GET /health answers 200.
 
 const net = require('net');
 const crypto = require('crypto');
@@ -43,7 +47,20 @@ blast.sockjs = Buffer.concat(blast.sockjs);
 const OPEN_FRAME = frame(Buffer.from('o'));
 
 const members = { raw: new Set(), sockjs: new Set() };
+const relays = { raw: new Set(), sockjs: new Set() };
+const pending = { raw: [], sockjs: [] };
+let flushScheduled = false;
 let blasted = false;
+
+function flushRelay() {
+  flushScheduled = false;
+  for (const kind of ['raw', 'sockjs']) {
+    if (pending[kind].length === 0) continue;
+    const data = pending[kind].length === 1 ? pending[kind][0] : Buffer.concat(pending[kind]);
+    pending[kind] = [];
+    for (const member of relays[kind]) member.sock.write(data);
+  }
+}
 
 function onFrames(conn, buf) {
   // Client frames are masked (RFC 6455 section 5.3).
@@ -65,14 +82,19 @@ function onFrames(conn, buf) {
       conn.sock.end(Buffer.from([0x88, 0]));
       return buf.length;
     }
-    if (conn.echo) {
+    if (conn.echo || conn.relay) {
       const payload = Buffer.allocUnsafe(n);
       for (let i = 0; i < n; i++) payload[i] = buf[start + i] ^ buf[p + h + (i & 3)];
-      if (conn.sockjs) {
-        // ["..."] -> a["..."]
-        conn.sock.write(frame(Buffer.concat([Buffer.from('a'), payload])));
+      // SockJS: ["..."] -> a["..."]
+      const out = frame(conn.sockjs ? Buffer.concat([Buffer.from('a'), payload]) : payload);
+      if (conn.echo) {
+        conn.sock.write(out);
       } else {
-        conn.sock.write(frame(payload));
+        pending[conn.sockjs ? 'sockjs' : 'raw'].push(out);
+        if (!flushScheduled) {
+          flushScheduled = true;
+          setImmediate(flushRelay);
+        }
       }
     } else if (!blasted) {
       blasted = true;
@@ -108,8 +130,10 @@ const server = net.createServer((sock) => {
       conn.upgraded = true;
       conn.sockjs = /^\/[^/]+\/[^/.]+\/[^/.]+\/websocket$/.test(path);
       conn.echo = path.startsWith('/echo/');
+      conn.relay = path.startsWith('/relay/');
       if (conn.sockjs) sock.write(OPEN_FRAME);
-      if (!conn.echo) members[conn.sockjs ? 'sockjs' : 'raw'].add(conn);
+      if (conn.relay) relays[conn.sockjs ? 'sockjs' : 'raw'].add(conn);
+      else if (!conn.echo) members[conn.sockjs ? 'sockjs' : 'raw'].add(conn);
       buf = buf.subarray(end + 4);
     }
     const used = onFrames(conn, buf);
@@ -119,6 +143,8 @@ const server = net.createServer((sock) => {
   sock.on('close', () => {
     members.raw.delete(conn);
     members.sockjs.delete(conn);
+    relays.raw.delete(conn);
+    relays.sockjs.delete(conn);
   });
 });
 

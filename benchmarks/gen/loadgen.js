@@ -10,12 +10,20 @@
 //   echo    N clients on an echo endpoint, each with one message in flight, for a
 //           fixed time after a warm-up; round trips/s and latency percentiles.
 //   idle    N connections held open; the server's VmRSS before and after.
+//   steady  N clients on a broadcast endpoint and one more connection that publishes at a
+//           fixed rate; every delivery timed from its send time; "saturated" when the
+//           server falls behind the rate or p99 passes the bound.
+//   storm   N connections opened as fast as the server accepts them (at most
+//           `connectConcurrency` handshakes in progress), with the headers a browser sends
+//           (Origin, a subprotocol, a permessage-deflate offer): connects/s and the
+//           server's CPU per connect.
 // Every phase is bounded by a timeout: a server that hangs fails the scenario with a
 // message saying where it stopped.
 
 const fs = require('fs');
-const { performance } = require('perf_hooks');
-const { maskedFrame, openMany, outgoingPayload, OP_TEXT } = require('./wsclient');
+const { performance, monitorEventLoopDelay } = require('perf_hooks');
+const { Histogram, nowUs } = require('./measure');
+const { WSClient, adapter, maskedFrame, openMany, outgoingPayload, pathFor, OP_TEXT } = require('./wsclient');
 
 const cfg = JSON.parse(process.argv[2]);
 const label = cfg.label || `${cfg.scenario}`;
@@ -120,9 +128,18 @@ function parseSeq(buf, start, end, size) {
   return c === 32 ? seq : -1;
 }
 
-function openClients(count, endpoint, scenario, firstId = 0, what = 'connected') {
+/** Connection ``id``'s source address: `sourcePrefix` + 1..250 (so that a limit per client
+ * address sees many addresses with a few connections each, as from the internet), or the
+ * system's choice (127.0.0.1) without a prefix. */
+function sourceAddress(id) {
+  return cfg.sourcePrefix ? `${cfg.sourcePrefix}${(id % 250) + 1}` : undefined;
+}
+
+function openClients(count, endpoint, scenario, firstId = 0, what = 'connected', headers = undefined) {
   const started = performance.now();
   return openMany({
+    localAddress: cfg.sourcePrefix ? sourceAddress : undefined,
+    headers,
     count,
     host: cfg.host,
     port: cfg.port,
@@ -411,7 +428,331 @@ async function idle() {
   };
 }
 
-const SCENARIOS = { fanout, echo, idle };
+// -- steady rate -------------------------------------------------------------------------------
+
+/** "<seq> <t> xxx..." padded to ``size`` bytes: t = CLOCK_MONOTONIC microseconds at sending. */
+function stampedText(seq, t, size) {
+  const head = `${seq} ${Math.round(t)} `;
+  return head + 'x'.repeat(Math.max(0, size - head.length));
+}
+
+async function steady() {
+  const N = cfg.clients;
+  const R = cfg.rate;
+  const S = cfg.size;
+  const warmupMessages = Math.round(R * cfg.warmup);
+  const total = warmupMessages + Math.max(1, Math.round(R * cfg.duration));
+  const boundMs = cfg.boundMs || 1000;
+  // Backlog that means "not keeping up": more deliveries outstanding than the rate
+  // produces in the bound (then the newest message cannot arrive within it), plus one
+  // message per client in flight.
+  const behindLimit = N * Math.max(1, (R * boundMs) / 1000) + N;
+  const next = new Int32Array(N); // per client: the seq it expects next
+  const latency = new Histogram(); // measured messages only
+  const sendLag = new Histogram(); // how late the pacer sent each measured message
+  let second = new Histogram(); // the last second's deliveries, for the progress line
+  let now = 0;
+  let delivered = 0; // every delivery to the N clients
+  let deliveredMeasured = 0;
+  let losses = 0;
+  let duplicates = 0;
+  let orderErrors = 0;
+  let badItems = 0;
+  let firstBad = null;
+  let closedEarly = 0;
+  let firstClose = null;
+  let publisherSeen = 0;
+  let sent = 0;
+  let running = false;
+  let lastDelivery = 0;
+  const publisherId = N;
+
+  const scenario = {
+    onReady() {},
+    beforeData() {
+      now = nowUs();
+    },
+    onItem(client, buf, start, end) {
+      let i = start;
+      let c = buf[i];
+      let seq = 0;
+      while (c >= 48 && c <= 57) {
+        seq = seq * 10 + (c - 48);
+        c = buf[++i];
+      }
+      if (c !== 32 || i === start) {
+        badItems++;
+        if (firstBad === null) firstBad = buf.toString('utf8', start, Math.min(end, start + 60));
+        return;
+      }
+      let t = 0;
+      const t0 = ++i;
+      c = buf[i];
+      while (c >= 48 && c <= 57) {
+        t = t * 10 + (c - 48);
+        c = buf[++i];
+      }
+      if (c !== 32 || i === t0 || end - start !== S || seq >= total) {
+        badItems++;
+        if (firstBad === null) firstBad = buf.toString('utf8', start, Math.min(end, start + 60));
+        return;
+      }
+      const id = client.id;
+      if (id === publisherId) {
+        publisherSeen++;
+        return;
+      }
+      const expected = next[id];
+      if (seq < expected) {
+        duplicates++;
+        orderErrors++;
+        return;
+      }
+      if (seq > expected) {
+        losses += seq - expected; // a gap: the numbers skipped never come (order is kept)
+        orderErrors++;
+      }
+      next[id] = seq + 1;
+      delivered++;
+      if (seq >= warmupMessages) {
+        deliveredMeasured++;
+        latency.add(now - t);
+        lastDelivery = now;
+      }
+      second.add(now - t);
+    },
+    onClose(client) {
+      if (!running) return;
+      closedEarly++;
+      if (firstClose === null) {
+        firstClose = `connection ${client.id}` + (client.closeCode ? ` closed with ${client.closeCode}` : ' closed') +
+          (client.sockjsClose ? ` (${client.sockjsClose})` : '') + (client.error ? ` (${client.error})` : '');
+      }
+    },
+  };
+
+  const connectStart = performance.now();
+  const clients = await openClients(N + 1, cfg.endpoint, scenario);
+  const connectSeconds = (performance.now() - connectStart) / 1000;
+  const publisher = clients[publisherId];
+  log(`${N} clients and the publisher ready in ${connectSeconds.toFixed(1)}s; publishing ${R}/s: ` +
+    `${cfg.warmup}s of warm-up, then ${cfg.duration}s measured`);
+  running = true;
+  await sleep(cfg.settleMs ?? 300);
+
+  const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+  let before = null;
+  let measureStartUs = 0;
+  let saturatedBy = null;
+  const t0 = nowUs();
+  const periodUs = 1e6 / R;
+  let resolveSent = null;
+  const allSent = new Promise((resolve) => (resolveSent = resolve));
+
+  function publishDue() {
+    const t = nowUs();
+    const due = Math.min(total, Math.floor((t - t0) / periodUs) + 1);
+    while (sent < due && saturatedBy === null) {
+      if (sent === warmupMessages) {
+        before = cpuSnapshot();
+        measureStartUs = t;
+        loopDelay.enable();
+      }
+      if (sent >= warmupMessages) sendLag.add(t - (t0 + sent * periodUs));
+      const frame = maskedFrame(OP_TEXT, outgoingPayload(cfg.transport, stampedText(sent, t, S)));
+      sent++;
+      publisher.writeFrames(frame);
+    }
+    if (sent >= total || saturatedBy !== null) resolveSent();
+  }
+
+  // The pacer: every millisecond, whatever is due by now (a late timer sends the
+  // messages it owes at once; each is stamped with its actual sending time, and the
+  // lateness is reported as the send lag).
+  const pacer = setInterval(publishDue, 1);
+  const watch = setInterval(() => {
+    const behind = sent * N - delivered;
+    if (behind > behindLimit && saturatedBy === null && sent < total) {
+      saturatedBy = `${behind} deliveries outstanding after ${sent} messages (more than ${boundMs} ms of the rate): ` +
+        'publishing stopped';
+      log(`saturated: ${saturatedBy}`);
+    }
+  }, 100);
+  let lastTick = performance.now();
+  let lastDelivered = 0;
+  const ticker = setInterval(() => {
+    const t = performance.now();
+    const rate = ((delivered - lastDelivered) * 1000) / (t - lastTick);
+    log(`${((nowUs() - t0) / 1e6).toFixed(1)}s: sent ${sent}/${total}, delivered ${delivered}/${sent * N} ` +
+      `(${Math.round(rate)}/s of ${Math.round(R * N)}/s offered), behind ${sent * N - delivered}, ` +
+      `last second p99 ${second.pct(99) ?? '-'} ms`);
+    second = new Histogram();
+    lastTick = t;
+    lastDelivered = delivered;
+  }, 1000);
+  await allSent;
+  clearInterval(pacer);
+  const sendEndUs = nowUs();
+  const after = before === null ? null : cpuSnapshot();
+  loopDelay.disable();
+  // Drain: every message sent should reach every client still connected.
+  const drainMs = (saturatedBy === null ? cfg.drainTimeout || 5 : 1) * 1000;
+  const drainStart = performance.now();
+  while (performance.now() - drainStart < drainMs) {
+    let missing = false;
+    for (let i = 0; i < N; i++) {
+      if (clients[i].isOpen && next[i] < sent) {
+        missing = true;
+        break;
+      }
+    }
+    if (!missing) break;
+    await sleep(10);
+  }
+  clearInterval(watch);
+  clearInterval(ticker);
+  running = false;
+  const measuredSent = Math.max(0, sent - warmupMessages);
+  let undelivered = 0;
+  for (let i = 0; i < N; i++) if (clients[i].isOpen) undelivered += sent - next[i];
+  const windowS = (sendEndUs - measureStartUs) / 1e6;
+  const deliverySpanS = lastDelivery > measureStartUs ? (lastDelivery - measureStartUs) / 1e6 : null;
+  const p99 = latency.pct(99);
+  if (saturatedBy === null && undelivered > 0) {
+    saturatedBy = `${undelivered} deliveries still missing ${cfg.drainTimeout || 5}s after the last send`;
+  } else if (saturatedBy === null && p99 !== null && p99 > boundMs) {
+    saturatedBy = `p99 ${p99} ms is beyond the bound of ${boundMs} ms`;
+  }
+  const pings = clients.reduce((n, c) => n + (c.pings || 0), 0); // Socket.IO pings answered
+  for (const c of clients) c.sock.destroy();
+  const result = {
+    ok: badItems === 0 && losses === 0 && duplicates === 0 && closedEarly === 0 && before !== null,
+    rate: R,
+    saturated: saturatedBy !== null,
+    saturated_reason: saturatedBy,
+    bound_ms: boundMs,
+    warmup_messages: warmupMessages,
+    sent: measuredSent,
+    sent_per_s: windowS > 0 ? round(measuredSent / windowS, 1) : null,
+    expected: measuredSent * N,
+    delivered: deliveredMeasured,
+    deliveries_per_s: deliverySpanS ? Math.round(deliveredMeasured / deliverySpanS) : null,
+    offered_deliveries_per_s: Math.round(R * N),
+    ...latency.summary(''),
+    send_lag_p99_ms: sendLag.pct(99),
+    send_lag_max_ms: sendLag.n ? round(sendLag.max / 1000, 3) : null,
+    gen_loop_delay_p99_ms: round(loopDelay.percentile(99) / 1e6, 3),
+    losses,
+    undelivered,
+    duplicates,
+    order_errors: orderErrors,
+    bad_messages: badItems,
+    closed_early: closedEarly,
+    publisher_received: publisherSeen,
+    ...(cfg.transport === 'socketio' ? { pings_answered: pings } : {}),
+    connect_s: round(connectSeconds, 2),
+    seconds: round(windowS, 3),
+    ...(after === null ? {} : cpuReport(before, after)),
+  };
+  const problems = [];
+  if (before === null) problems.push('the measured window was never reached');
+  if (badItems) problems.push(`${badItems} unexpected messages (${firstBad})`);
+  if (losses) problems.push(`${losses} deliveries lost (gaps in the sequence)`);
+  if (duplicates) problems.push(`${duplicates} duplicates`);
+  if (closedEarly) problems.push(`${closedEarly} connections closed (${firstClose})`);
+  if (problems.length) result.error = problems.join('; ');
+  return result;
+}
+
+// -- connection storm ------------------------------------------------------------------------
+
+/** The header lines a browser page on the server's own origin sends with its handshake. */
+function browserHeaders() {
+  let lines = `Origin: http://${cfg.host}:${cfg.port}\r\n` +
+    'Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n';
+  if (cfg.transport === 'raw') lines += `Sec-WebSocket-Protocol: ${cfg.subprotocol || 'bench.v1'}\r\n`;
+  return lines;
+}
+
+/** One handshake from a foreign origin: is it refused? (The origin check is on.) */
+function foreignOriginRefused() {
+  return new Promise((resolve) => {
+    let settled = false;
+    const done = (value, client) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      client.sock.destroy();
+      resolve(value);
+    };
+    const handler = adapter(cfg.transport, {
+      onReady: (c) => done({ refused: false, status: 'opened' }, c),
+      onItem() {},
+      onClose: (c) => done({ refused: c.status !== null, status: c.status || c.error || 'closed' }, c),
+      onError() {},
+    });
+    const client = new WSClient(-1, cfg.host, cfg.port, pathFor(cfg.transport, cfg.endpoint, 0), handler,
+      sourceAddress(0), browserHeaders().replace(/^Origin: [^\r]*/, 'Origin: https://elsewhere.example'));
+    const timer = setTimeout(() => done({ refused: false, status: 'no answer within 10 s' }, client), 10000);
+  });
+}
+
+async function storm() {
+  const N = cfg.clients;
+  const warm = cfg.warmConnections ?? 100;
+  let closed = 0;
+  let holding = false;
+  const handshake = new Histogram();
+  let protocolChosen = 0;
+  let deflateNegotiated = 0;
+  const scenario = {
+    onReady(client) {
+      if (client.id < warm) return;
+      handshake.add((client.openedAt - client.startedAt) * 1000);
+      if (client.protocol === (cfg.subprotocol || 'bench.v1')) protocolChosen++;
+      if (client.extensions !== null && client.extensions.includes('permessage-deflate')) deflateNegotiated++;
+    },
+    onItem() {},
+    onClose() {
+      if (holding) closed++;
+    },
+  };
+  const origin = await foreignOriginRefused();
+  log(`a handshake from a foreign origin: ${origin.refused ? 'refused' : 'NOT refused'} (${origin.status})`);
+  // As for idle: what a server allocates once is paid before the window.
+  await openClients(warm, cfg.endpoint, scenario, 0, 'warm-up connections', browserHeaders);
+  await sleep(200);
+  const before = cpuSnapshot();
+  await openClients(N, cfg.endpoint, scenario, warm, 'connected', browserHeaders);
+  const after = cpuSnapshot();
+  holding = true;
+  const seconds = (after.t - before.t) / 1000;
+  log(`${N} connections open in ${seconds.toFixed(2)}s (${Math.round(N / seconds)}/s)`);
+  await sleep(200); // none of them is closed right after its handshake
+  const cpu = cpuReport(before, after);
+  return {
+    ok: closed === 0,
+    connections: N,
+    warm_connections: warm,
+    seconds: round(seconds, 3),
+    connects_per_s: Math.round(N / seconds),
+    server_us_per_connect: cpu.server_cpu_s === null ? null : round((cpu.server_cpu_s * 1e6) / N, 1),
+    gen_us_per_connect: round((cpu.gen_cpu_s * 1e6) / N, 1),
+    connects_per_server_cpu_s: perCpu(N, cpu.server_cpu_s),
+    handshake_p50_ms: handshake.pct(50),
+    handshake_p99_ms: handshake.pct(99),
+    handshake_max_ms: handshake.n ? round(handshake.max / 1000, 3) : null,
+    origin_checked: origin.refused,
+    foreign_origin_answer: origin.status,
+    subprotocol_chosen: cfg.transport === 'raw' ? protocolChosen : null,
+    deflate_negotiated: deflateNegotiated,
+    closed_early: closed,
+    ...cpu,
+    ...(closed ? { error: `${closed} connections closed right after opening` } : {}),
+  };
+}
+
+const SCENARIOS = { fanout, echo, idle, steady, storm };
 
 async function main() {
   const run = SCENARIOS[cfg.scenario];

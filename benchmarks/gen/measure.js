@@ -77,7 +77,8 @@ class Histogram {
     let seen = 0;
     for (let b = 0; b < BUCKETS; b++) {
       seen += this.counts[b];
-      if (seen >= rank) return round(bucketValue(b) / 1000, 3);
+      // a bucket's middle, but never beyond the largest value recorded
+      if (seen >= rank) return round(Math.min(bucketValue(b), this.max) / 1000, 3);
     }
     return round(this.max / 1000, 3);
   }

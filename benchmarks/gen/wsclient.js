@@ -4,12 +4,17 @@
 // receive path (the handler gets the buffer and the payload's offsets).
 //
 // What it implements: the opening handshake (section 4.1, the Sec-WebSocket-Accept
-// check included), unmasked server frames with 7/16/64-bit lengths (5.2), fragmented
-// messages (5.4), ping -> pong and the closing handshake (5.5), masked client frames
-// (5.3). What it does not: extensions (none are offered), subprotocols.
+// check included; extra request headers such as Origin, Sec-WebSocket-Protocol or a
+// permessage-deflate offer can be added, and the server's choices are recorded),
+// unmasked server frames with 7/16/64-bit lengths (5.2), fragmented messages (5.4),
+// ping -> pong and the closing handshake (5.5), masked client frames (5.3). What it does
+// not: inflate compressed messages (RFC 7692). A scenario that offers permessage-deflate
+// receives no message the server would compress (the connection storm: none at all, or
+// SockJS's one-byte "o"); a compressed one fails the connection with a clear error.
 
 const net = require('net');
 const crypto = require('crypto');
+const { performance } = require('perf_hooks');
 
 const GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 const CRLFCRLF = Buffer.from('\r\n\r\n');
@@ -37,6 +42,25 @@ function nextMask() {
   x ^= x << 5;
   rngState = x >>> 0;
   return rngState;
+}
+
+// Handshake keys (RFC 6455 section 4.1: a random 16-byte nonce, base64) and the
+// Sec-WebSocket-Accept each must bring back (section 4.2.2), made once: 256 of them,
+// connection i using key i mod 256. The server computes the accept value whatever the
+// key; drawing one and hashing it per connection cost the generator ~30 us of a
+// connection storm's ~250 per connect.
+const KEYS = Array.from({ length: 256 }, () => {
+  const key = crypto.randomBytes(16).toString('base64');
+  return { key, accept: crypto.createHash('sha1').update(key + GUID).digest('base64') };
+});
+
+/** The value of header ``name`` (lower case) in a lower-cased response head, or null. */
+function headerValue(lower, head, name) {
+  const at = lower.indexOf(`\r\n${name}:`);
+  if (at < 0) return null;
+  const start = at + name.length + 3;
+  const end = lower.indexOf('\r\n', start);
+  return head.slice(start, end < 0 ? head.length : end).trim();
 }
 
 /** A masked client frame (RFC 6455 section 5.3) carrying ``payload``. */
@@ -82,7 +106,7 @@ function maskedFrame(opcode, payload) {
  *   onError(client, message)             a handshake or protocol failure (then onClose)
  */
 class WSClient {
-  constructor(id, host, port, path, handler, localAddress = undefined) {
+  constructor(id, host, port, path, handler, localAddress = undefined, extraHeaders = '') {
     this.id = id;
     this.handler = handler;
     this.state = CONNECTING;
@@ -95,10 +119,15 @@ class WSClient {
     this.user = null; // scenario state
     this.counted = false;
     this.sockjsClose = null;
-    this.key = crypto.randomBytes(16).toString('base64');
+    this.keys = KEYS[id & 255];
     this.path = path;
     this.host = host;
     this.port = port;
+    this.startedAt = performance.now(); // the handshake's latency: startedAt -> openedAt
+    this.openedAt = 0;
+    this.protocol = null; // the server's Sec-WebSocket-Protocol, if any
+    this.extensions = null; // the server's Sec-WebSocket-Extensions, if any
+    this.status = null; // the status line of a refused handshake
     // `onread`: every socket reads into one shared buffer and calls back directly, with
     // no Buffer allocated and no stream event per read. What must outlive the callback
     // (a partial frame, fragments) is copied.
@@ -112,7 +141,8 @@ class WSClient {
     sock.on('connect', () => {
       sock.write(
         `GET ${path} HTTP/1.1\r\nHost: ${host}:${port}\r\nUpgrade: websocket\r\n` +
-          `Connection: Upgrade\r\nSec-WebSocket-Key: ${this.key}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+          `Connection: Upgrade\r\nSec-WebSocket-Key: ${this.keys.key}\r\nSec-WebSocket-Version: 13\r\n` +
+          `${extraHeaders}\r\n`,
       );
     });
     sock.on('error', (err) => this.fail(`${err.code || err.message}`));
@@ -138,24 +168,22 @@ class WSClient {
       return -1;
     }
     const head = buf.toString('latin1', 0, end);
-    const lines = head.split('\r\n');
-    if (!/^HTTP\/1\.1 101/.test(lines[0])) {
-      this.fail(`handshake refused: ${lines[0]}`);
+    if (!head.startsWith('HTTP/1.1 101')) {
+      const nl = head.indexOf('\r\n');
+      this.status = nl < 0 ? head : head.slice(0, nl);
+      this.fail(`handshake refused: ${this.status}`);
       return -1;
     }
-    const expected = crypto.createHash('sha1').update(this.key + GUID).digest('base64');
-    let accept = null;
-    for (let i = 1; i < lines.length; i++) {
-      const colon = lines[i].indexOf(':');
-      if (colon > 0 && lines[i].slice(0, colon).trim().toLowerCase() === 'sec-websocket-accept') {
-        accept = lines[i].slice(colon + 1).trim();
-      }
-    }
-    if (accept !== expected) {
+    const lower = head.toLowerCase();
+    const accept = headerValue(lower, head, 'sec-websocket-accept');
+    this.protocol = headerValue(lower, head, 'sec-websocket-protocol');
+    this.extensions = headerValue(lower, head, 'sec-websocket-extensions');
+    if (accept !== this.keys.accept) {
       this.fail(`bad Sec-WebSocket-Accept ${accept}`);
       return -1;
     }
     this.state = OPEN;
+    this.openedAt = performance.now();
     this.handler.onOpen(this);
     return end + 4;
   }
@@ -191,6 +219,10 @@ class WSClient {
       const start = p + h;
       const end = start + n;
       if (end > len) break;
+      if ((b0 & 0x40) !== 0 && this.extensions !== null && this.extensions.includes('permessage-deflate')) {
+        this.fail('a compressed message (permessage-deflate): this client does not inflate');
+        return;
+      }
       if ((b1 & 0x80) !== 0 || (b0 & 0x70) !== 0) {
         this.fail('protocol error: masked frame or reserved bits from the server');
         return;
@@ -260,7 +292,7 @@ class WSClient {
   }
 }
 
-// -- the application layer: raw WebSocket messages, or SockJS frames over WebSocket ------
+// -- the application layer: raw WebSocket messages, SockJS frames or Socket.IO packets ---
 
 const CH_A = 0x61; // a[...]
 const CH_O = 0x6f; // o
@@ -283,14 +315,20 @@ const CH_COMMA = 0x2c;
  * handshake. SockJS: ready after the ``o`` frame; each string of an ``a[...]`` frame is
  * an item; ``h`` is skipped; ``c[...]`` is remembered as the close reason. The benchmark
  * messages hold no character that JSON escapes, so an item ends at the next quote.
+ * Socket.IO: see socketIoPacket.
  */
 function adapter(transport, scenario) {
   const sockjs = transport === 'sockjs';
+  const socketio = transport === 'socketio';
   return {
     onOpen(client) {
-      if (!sockjs) scenario.onReady(client);
+      if (!sockjs && !socketio) scenario.onReady(client);
     },
     onMessage(client, buf, start, end) {
+      if (socketio) {
+        socketIoPacket(client, buf, start, end, scenario);
+        return;
+      }
       if (!sockjs) {
         scenario.onItem(client, buf, start, end);
         return;
@@ -326,17 +364,63 @@ function adapter(transport, scenario) {
   };
 }
 
+// Socket.IO v4 over its WebSocket transport: Engine.IO protocol 4 packets, one per
+// WebSocket text message, the first character the packet type: 0 open (with a JSON
+// handshake), 1 close, 2 ping, 3 pong, 4 message; an Engine.IO message carries a
+// Socket.IO protocol 5 packet, its first character the type: 0 CONNECT, 1 DISCONNECT,
+// 2 EVENT (`["name",args...]`), 4 CONNECT_ERROR. The client answers open with `40` (connect
+// to the main namespace), is ready at the server's `40{"sid":...}`, answers each ping with
+// a pong (or the server closes it after pingTimeout), and an event `42["msg","..."]` is
+// an item: the string's contents (benchmark messages hold no character JSON escapes).
+// Written by hand, like the rest of this client, so that a message is read in place from
+// the shared buffer (socket.io-client allocates and parses per message: its cost would be
+// the generator's ceiling, not the server's).
+const SIO_CONNECT = maskedFrame(OP_TEXT, Buffer.from('40'));
+const SIO_PONG = maskedFrame(OP_TEXT, Buffer.from('3'));
+const SIO_EVENT_PREFIX = Buffer.from('42["msg","');
+
+function socketIoPacket(client, buf, start, end, scenario) {
+  const type = buf[start];
+  if (type === 0x34 && buf[start + 1] === 0x32) { // 42: an event
+    const p = start + SIO_EVENT_PREFIX.length;
+    if (end - p < 2 || buf[end - 2] !== CH_QUOTE || buf[end - 1] !== 0x5d ||
+        buf.compare(SIO_EVENT_PREFIX, 0, SIO_EVENT_PREFIX.length, start, p) !== 0) {
+      client.fail(`unexpected Socket.IO event ${buf.toString('utf8', start, Math.min(end, start + 40))}`);
+      return;
+    }
+    scenario.onItem(client, buf, p, end - 2);
+  } else if (type === 0x32) { // 2: ping
+    client.pings = (client.pings || 0) + 1;
+    client.writeFrames(SIO_PONG);
+  } else if (type === 0x30) { // 0: Engine.IO open
+    client.writeFrames(SIO_CONNECT);
+  } else if (type === 0x34 && buf[start + 1] === 0x30) { // 40: connected to the namespace
+    scenario.onReady(client);
+  } else if (type === 0x34 && buf[start + 1] === 0x34) { // 44: CONNECT_ERROR
+    client.fail(`Socket.IO connect error ${buf.toString('utf8', start, Math.min(end, start + 100))}`);
+  } else if (type === 0x31 || (type === 0x34 && buf[start + 1] === 0x31)) { // close, disconnect
+    client.sockjsClose = `Socket.IO ${buf.toString('utf8', start, Math.min(end, start + 40))}`;
+  } else if (type !== 0x36) { // 6: noop
+    client.fail(`unknown Socket.IO packet ${buf.toString('utf8', start, Math.min(end, start + 40))}`);
+  }
+}
+
+const RUN = crypto.randomBytes(4).toString('hex'); // SockJS session ids differ between runs
+
 /** The URL path of connection ``id`` on ``endpoint`` ("/broadcast"). */
 function pathFor(transport, endpoint, id) {
+  if (transport === 'socketio') return '/socket.io/?EIO=4&transport=websocket';
   if (transport === 'sockjs') {
-    const session = `${id.toString(36)}${crypto.randomBytes(4).toString('hex')}`;
+    const session = `${id.toString(36)}${RUN}`;
     return `${endpoint}/${String(id % 1000).padStart(3, '0')}/${session}/websocket`;
   }
   return `${endpoint}/websocket`;
 }
 
-/** The bytes a client sends to deliver ``message`` (a string): raw text, or ``["..."]``. */
+/** The bytes a client sends to deliver ``message`` (a string): raw text, ``["..."]``
+ * (SockJS), or the Socket.IO event ``42["msg","..."]``. */
 function outgoingPayload(transport, message) {
+  if (transport === 'socketio') return Buffer.from(`42${JSON.stringify(['msg', message])}`);
   return Buffer.from(transport === 'sockjs' ? JSON.stringify([message]) : message);
 }
 
@@ -344,10 +428,11 @@ function outgoingPayload(transport, message) {
  * Open ``count`` clients, at most ``concurrency`` handshakes at a time (so that the
  * server's accept backlog never overflows and no SYN waits a second for its
  * retransmission), and resolve with them once all are ready. Rejects with the first
- * failure, or when ``timeoutMs`` passes.
+ * failure, or when ``timeoutMs`` passes. ``headers(id)``, if given, returns extra request
+ * header lines ("Name: value\r\n" each).
  */
 function openMany({ count, host, port, endpoint, transport, scenario, concurrency, timeoutMs,
-  onProgress, firstId = 0, localAddress = undefined }) {
+  onProgress, firstId = 0, localAddress = undefined, headers = undefined }) {
   return new Promise((resolve, reject) => {
     const clients = [];
     let started = 0;
@@ -396,7 +481,7 @@ function openMany({ count, host, port, endpoint, transport, scenario, concurrenc
       while (!finished && started < count && inFlight < concurrency) {
         const id = firstId + started;
         clients.push(new WSClient(id, host, port, pathFor(transport, endpoint, id), handler,
-          localAddress ? localAddress(id) : undefined));
+          localAddress ? localAddress(id) : undefined, headers ? headers(id) : ''));
         started++;
         inFlight++;
       }
@@ -406,4 +491,4 @@ function openMany({ count, host, port, endpoint, transport, scenario, concurrenc
   });
 }
 
-module.exports = { WSClient, maskedFrame, openMany, outgoingPayload, OP_TEXT, OP_BINARY };
+module.exports = { WSClient, adapter, maskedFrame, openMany, outgoingPayload, pathFor, OP_TEXT, OP_BINARY };
