@@ -16,7 +16,7 @@ PORT ?=
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint bench system-deps clean
+.PHONY: demo test lint bench bench-perf system-deps clean
 
 $(BIN)/python:
 	@$(STEP) "creating $(VENV) (a Python virtual environment)…" $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ lint: $(STAMP)
 ## Benchmarks against Node's ws and sockjs-node, printing JSON lines and a table.
 bench: $(STAMP) node_modules/.package-lock.json
 	$(BIN)/python -m benchmarks
+
+## Steady-rate latency (vs ws, sockjs-node, socket.io), connection and reconnect storms.
+bench-perf: $(STAMP) node_modules/.package-lock.json
+	$(BIN)/python -m benchmarks --scenarios calibrate,steady,storm,reconnect
 
 system-deps:
 	@scripts/system-deps.sh test

@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="a short run (about a minute): 200 and 1000 fan-out clients, 200 messages, "
                         "one 3 s echo round, 2000 idle connections; bridge: 200 and 1000 subscribers, 300 "
-                        "messages; scaleout: 1000 and 2000 clients, 300 messages; steady: 200x100, 200x1000 and "
-                        "1000x100, 1 + 3 s each; storm: 2000 connections, one round; reconnect: 1000 subscribers")
+                        "messages; scaleout: 1000 and 2000 clients, 300 messages; steady: 1000x100 and 1000x1000, "
+                        "1 + 2 s each; storm: 2000 connections, one round; reconnect: 1000 subscribers")
     p.add_argument("--scenarios", type=_names(SCENARIOS), default=list(DEFAULT_SCENARIOS),
                    help="comma-separated subset of: " + ", ".join(SCENARIOS) + ", or all (default: "
                         + ",".join(DEFAULT_SCENARIOS) + "; bridge and scaleout run when named)")
@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="steady: client counts and messages per second (default "
                             + ",".join(f"{c}x{r}" for c, r in storms.STEADY_DEFAULT) + "; --quick "
                             + ",".join(f"{c}x{r}" for c, r in storms.STEADY_QUICK) + ")")
-    rates.add_argument("--steady-seconds", type=float, help="steady: seconds measured per rate (default 10; --quick 3)")
+    rates.add_argument("--steady-seconds", type=float, help="steady: seconds measured per rate (default 10; --quick 2)")
     rates.add_argument("--steady-warmup", type=float,
                        help="steady: seconds published before the measured ones (default 2; --quick 1)")
     rates.add_argument("--steady-bound-ms", type=float, default=1000.0,
@@ -265,7 +265,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         abuse_scale=args.abuse_scale,
         gateway_nofile=args.gateway_nofile,
         steady=pick(args.steady, list(storms.STEADY_DEFAULT), list(storms.STEADY_QUICK)),
-        steady_seconds=max(0.5, pick(args.steady_seconds, 10.0, 3.0)),
+        steady_seconds=max(0.5, pick(args.steady_seconds, 10.0, 2.0)),
         steady_warmup=max(0.0, pick(args.steady_warmup, 2.0, 1.0)),
         steady_bound_ms=max(1.0, args.steady_bound_ms),
         storm_connections=max(1, pick(args.storm_connections, 10000, 2000)),

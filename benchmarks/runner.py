@@ -425,8 +425,8 @@ def measure_once(m: Measurement, s: Settings, env: dict[str, Any], run_id: str) 
                                          f"-{m.round}.log")
     print(f"[bench] {m.label}: starting {m.server}", file=sys.stderr, flush=True)
     try:
-        with running(spec, log_path, messages=s.messages, size=s.size,
-                     pythonpath=s.sockway_path) as server:
+        with running(spec, log_path, messages=s.messages, size=s.size, pythonpath=s.sockway_path,
+                     stop_timeout=3.0 if m.scenario == "steady" else 10.0) as server:
             record["server_pid"] = server.pid
             result = _run_generator(_generator_config(m, s, server.port, server.pid), _hard_timeout(m, s))
             if not server.alive():

@@ -180,10 +180,13 @@ class ServerProcess:
 
 @contextlib.contextmanager
 def running(spec: ServerSpec, log_path: Path, *, messages: int, size: int,
-            ready_timeout: float = 30.0, pythonpath: Path | None = None) -> Iterator[ServerProcess]:
+            ready_timeout: float = 30.0, pythonpath: Path | None = None,
+            stop_timeout: float = 10.0) -> Iterator[ServerProcess]:
+    """``stop_timeout``: seconds between SIGTERM and SIGKILL (a saturated Node server works
+    through its backlog before it sees the signal)."""
     server = ServerProcess(spec, log_path, messages, size, pythonpath)
     try:
         server.wait_ready(ready_timeout)
         yield server
     finally:
-        server.stop()
+        server.stop(stop_timeout)

@@ -38,7 +38,7 @@ __all__ = ["STEADY_DEFAULT", "STEADY_QUICK", "measure_reconnect", "plan", "recon
 RECONNECT_GEN = BENCH_DIR / "gen" / "reconnect.js"
 STEADY_DEFAULT = ((1000, 100), (1000, 500), (1000, 1000), (1000, 2000), (5000, 100))
 """(clients, messages per second) of the steady-rate scenario."""
-STEADY_QUICK = ((200, 100), (200, 1000), (1000, 100))
+STEADY_QUICK = ((1000, 100), (1000, 1000))
 CHANNEL = "storm"
 SOURCE_PREFIX = "127.0.1."
 

@@ -78,13 +78,15 @@ def _steady(records: list[Record]) -> list[str]:
             rows.append((
                 f"{clients:,} x {rate:,}/s", r["server"], TRANSPORT.get(r["transport"], r["transport"]),
                 p50, p99, most, ratio, _num(r.get("losses")) if r.get("losses") is not None else "-",
-                f"{_num(r.get('deliveries_per_s'))} / {_num(r.get('offered_deliveries_per_s'))}",
+                f"{_num(r.get('deliveries_per_s') if sustained else r.get('achieved_deliveries_per_s'))} / "
+                f"{_num(r.get('offered_deliveries_per_s'))}",
                 _pct(r.get("server_cpu_util")), _pct(r.get("gen_cpu_util")),
                 _pct(r.get("other_cpu_util")) + _disturbed(r), "; ".join(notes)))
     bound = steady[0].get("bound_ms")
     lines = ["", f"Steady rate (a paced fan-out: latency = receive - send time of every delivery of the measured "
                  f"seconds; 'saturated': deliveries fell more than {_num(bound)} ms of the rate behind, or p99 "
-                 f"passed {_num(bound)} ms; p99 vs ws = this p99 / ws's at the same load)"]
+                 f"passed {_num(bound)} ms; p99 vs ws = this p99 / ws's at the same load; delivered/s of a "
+                 "saturated server: every delivery, warm-up included, from the first send to the last delivery)"]
     lines += _table(("load", "server", "transport", "p50", "p99", "max", "p99 vs ws", "lost",
                      "delivered/s / offered", "server CPU", "generator CPU", "other processes", "notes"), rows)
     calibration = [r for r in records if r["scenario"] == "steady" and r.get("calibration")]
