@@ -480,6 +480,7 @@ def _generator_config(m: Measurement, s: Settings, port: int, pids: dict[str, in
         "stallTimeout": s.stall_timeout,
         "timeout": 600,
         "settleMs": 300,
+        "sourcePrefix": "127.0.1.",
     }
 
 

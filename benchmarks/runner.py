@@ -24,8 +24,9 @@ LOADGEN = BENCH_DIR / "gen" / "loadgen.js"
 ENDPOINTS = {"fanout": "/broadcast", "echo": "/echo", "idle": "/echo", "steady": "/broadcast", "storm": "/echo"}
 PEER_FOR = {"raw": "ws", "sockjs": "sockjs-node"}
 SOURCE_PREFIX = "127.0.1."
-"""Steady and storm clients connect from 127.0.1.1-250 (a few connections per address, as
-from the internet, so that a limit per client address does not see them as one)."""
+"""The generator's clients connect from 127.0.1.1-250 (a few connections per address, as
+from the internet): sockway limits the connections of one client address
+(``max_tcp_per_address``), and 10,000 from 127.0.0.1 would be refused."""
 
 
 @dataclass
@@ -256,8 +257,7 @@ def _generator_config(m: Measurement, s: Settings, port: int, pid: int) -> dict[
         "connectConcurrency": s.connect_concurrency,
         "connectTimeout": 60 if m.clients <= 5000 else 120,
     }
-    if m.scenario in ("steady", "storm"):
-        config["sourcePrefix"] = SOURCE_PREFIX
+    config["sourcePrefix"] = SOURCE_PREFIX
     if m.scenario == "steady":
         config |= {"rate": m.rate, "warmup": s.steady_warmup, "duration": s.steady_seconds,
                    "boundMs": s.steady_bound_ms, "drainTimeout": s.steady_drain}

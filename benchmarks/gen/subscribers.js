@@ -421,6 +421,9 @@ async function main() {
     count: N,
     host: cfg.host,
     port: cfg.port,
+    // from `sourcePrefix` 1..250, a few connections per address, as from the internet (a
+    // gateway limits the connections of one client address)
+    localAddress: cfg.sourcePrefix ? (id) => `${cfg.sourcePrefix}${(id % 250) + 1}` : undefined,
     endpoint: cfg.endpoint,
     transport: 'raw',
     scenario,
