@@ -15,6 +15,7 @@ from harness import round_robin
 from rawsockjs import TRANSPORTS, raw_session
 
 from sockway.client.sockjs import SockJSClient
+from support import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -70,6 +71,8 @@ def test_sticky_nginx_works_without_shared_sessions():
                     await client.send(message)
                 assert [await client.recv(5) for _ in messages] == messages
                 await client.close()
+                # nginx logs a request when it ends: the closed stream's line may come later.
+                await asyncio.to_thread(wait_for, lambda sid=sid: sum(rr.nginx.upstreams_of(sid).values()) > 100, 5)
                 served = rr.nginx.upstreams_of(sid)
                 assert len(served) == 1 and sum(served.values()) > 100, served
             # Different sessions go to different nodes.
