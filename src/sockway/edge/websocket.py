@@ -7,8 +7,14 @@ unmasking, permessage-deflate decoding with the message size cap (RFC 7692 secti
 decompression bombs end in close 1009), ping/pong and the closing handshake (section
 7). What it does not do, and this module does:
 
-* reassembling fragmented messages and validating UTF-8 (section 8.1, close 1007),
-  incrementally: a fragmented text message fails as soon as its bytes cannot be UTF-8;
+* reassembling fragmented messages in one buffer each and validating UTF-8 (section
+  8.1, close 1007) incrementally: a fragmented text message fails as soon as its bytes
+  cannot be UTF-8 (:class:`~sockway.ws.incoming.MessageAssembler`);
+* following frame boundaries in what goes to the protocol
+  (:class:`~sockway.ws.incoming.FrameScanner`): the fast path below resumes at a frame
+  start, a pong is written before a message completed after its ping, a close between
+  fragments gets a normal closing handshake, and a message in more than 64 frames
+  whose frames carry less than 64 bytes each on average is closed with 1009;
 * writing data frames: they arrive here already encoded once for all recipients
   (:class:`~sockway.hub.message.OutMessage`) and are written in one coalesced write per
   event loop iteration (:mod:`sockway.hub.coalesce`);
@@ -29,12 +35,12 @@ no buffered request per connection, which is what keeps an idle connection at a 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import logging
 import os
 from typing import TYPE_CHECKING, ClassVar
 
-from websockets.frames import Opcode
+from websockets.exceptions import ProtocolError
+from websockets.frames import Close, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -49,7 +55,8 @@ from sockway.hub.message import ENCODINGS, SOCKJS, ws_key
 from sockway.hub.trace import TRACER
 from sockway.sockjs.frames import HEARTBEAT, OPEN, close_frame, messages_frame
 from sockway.sockjs.payload import PayloadError, decode_messages
-from sockway.ws.frames import OP_TEXT, deflate_payload, frame, frame_header
+from sockway.ws.frames import OP_CLOSE, OP_TEXT, deflate_payload, frame, frame_header
+from sockway.ws.incoming import CLOSE, FEED, FrameScanner, MessageAssembler
 
 if TYPE_CHECKING:
     from sockway.edge.admission import Ticket
@@ -67,7 +74,6 @@ _PONG = Opcode.PONG
 _CLOSE = Opcode.CLOSE
 _OPEN = State.OPEN
 _CLOSED = State.CLOSED
-_utf8_decoder = codecs.getincrementaldecoder("utf-8")
 _MAX_REASON = 123  # a close frame's payload is at most 125 bytes (section 5.5)
 
 
@@ -87,19 +93,17 @@ class WebSocketConnection(Connection, asyncio.Protocol):
 
     __slots__ = (
         "_abort_handle",
+        "_assembler",
         "_backlog",
         "_closing",
         "_coalescer",
-        "_decoder",
         "_fast",
-        "_fragments",
-        "_head",
         "_lost",
         "_max_buffer",
         "_pending",
         "_pending_bytes",
         "_ping_sent",
-        "_skip",
+        "_scanner",
         "_transport",
         "_ws",
         "close_code",
@@ -129,13 +133,11 @@ class WebSocketConnection(Connection, asyncio.Protocol):
         self._pending_bytes = 0
         self._max_buffer = max_buffer
         self._backlog = 0  # the transport's write buffer size after the last write
-        self._fragments: list | None = None  # str parts (text) or bytes parts (binary)
-        self._decoder: codecs.IncrementalDecoder | None = None  # for a fragmented text
+        self._assembler = MessageAssembler()
+        self._scanner = FrameScanner()
         self._closing = False
         self._lost = False
         self._fast = not ws.extensions
-        self._head = b""
-        self._skip = 0
         self._abort_handle: asyncio.TimerHandle | None = None
         self._ping_sent: float | None = None
         self.last_recv = 0.0
@@ -160,24 +162,41 @@ class WebSocketConnection(Connection, asyncio.Protocol):
             self.data_received(tail)
 
     def data_received(self, data: bytes) -> None:
-        ws = self._ws
-        if self._fast:
-            if (not self._skip and not self._head and self._fragments is None and ws.state is _OPEN
-                    and not self._closing):
-                consumed = self._simple_frames(data)
-                if consumed == len(data):
-                    return
-                data = data[consumed:]
-            self._track(data)
-        ws.receive_data(data)
+        scanner = self._scanner
+        if scanner.stopped:
+            return  # a close between fragments was answered, or too many fragments
+        if (self._fast and scanner.at_frame_start and self._ws.state is _OPEN
+                and not self._closing):
+            consumed = self._simple_frames(data)
+            if consumed == len(data):
+                return
+            data = data[consumed:]
         endpoint = self.endpoint
         endpoint.bytes_in += len(data)
         self.last_recv = endpoint.hub.loop.time()
+        for action, value in scanner.scan(data):
+            if action == FEED:
+                self._receive(value)
+            elif action == CLOSE:
+                self._close_between_fragments(value)
+            else:
+                self._fail(closecodes.MESSAGE_TOO_BIG, "message in too many small fragments")
+            if self._lost:
+                break
+
+    def _receive(self, data: bytes) -> None:
+        """Give bytes to the ``websockets`` protocol, then handle the frames it parsed
+        and write what it answered (pongs, close)."""
+        ws = self._ws
+        ws.receive_data(data)
+        assembler = self._assembler
         tracing = TRACER.active
         for event in ws.events_received():
             if tracing:
                 TRACER.ws_frame_in(self, event)
             opcode = event.opcode
+            if self._closing and opcode is not _CLOSE and opcode is not _PONG:
+                continue  # closing (the application, or a failure): data is dropped
             if opcode is _TEXT or opcode is _BINARY:
                 if event.fin:
                     if opcode is _TEXT:
@@ -189,72 +208,58 @@ class WebSocketConnection(Connection, asyncio.Protocol):
                         self._dispatch(text)
                     else:
                         self._dispatch(bytes(event.data))
-                elif opcode is _TEXT:
-                    # Section 8.1: decode as the fragments come, so that invalid UTF-8
-                    # fails the connection at once rather than at the last fragment.
-                    decoder = _utf8_decoder()
+                else:
+                    # Section 8.1: the text is checked as the fragments come, so that
+                    # invalid UTF-8 fails the connection at once, not at the last one.
                     try:
-                        first = decoder.decode(event.data)
+                        assembler.start(event.data, opcode is _TEXT)
                     except UnicodeDecodeError:
                         self._fail(closecodes.INVALID_DATA, "invalid UTF-8")
                         break
-                    self._decoder = decoder
-                    self._fragments = [first]
-                else:
-                    self._decoder = None
-                    self._fragments = [event.data]
             elif opcode is _CONT:
-                fragments = self._fragments
-                if fragments is None:  # the protocol already failed the connection
+                if not assembler.active:  # the protocol already failed the connection
                     continue
-                decoder = self._decoder
-                if decoder is not None:
-                    try:
-                        fragments.append(decoder.decode(event.data, event.fin))
-                    except UnicodeDecodeError:
-                        self._fragments = self._decoder = None
-                        self._fail(closecodes.INVALID_DATA, "invalid UTF-8")
-                        break
-                else:
-                    fragments.append(event.data)
-                if event.fin:
-                    self._fragments = self._decoder = None
-                    self._dispatch("".join(fragments) if decoder is not None else b"".join(fragments))
+                try:
+                    message = assembler.add(event.data, event.fin)
+                except UnicodeDecodeError:
+                    self._fail(closecodes.INVALID_DATA, "invalid UTF-8")
+                    break
+                if message is not None:
+                    self._dispatch(message)
             elif opcode is _PONG:
                 self._ping_sent = None
-            elif opcode is _CLOSE:
-                self._closing = True
+        # A close from the client: what was queued before it is written, then the
+        # protocol's echo, and the end of the stream marks the connection closing.
         self._write_protocol_output()
 
-    def _track(self, data: bytes) -> None:
-        """Follow frame boundaries in what goes to the ``websockets`` protocol, reading
-        headers only, so that the fast path resumes exactly at the start of a frame:
-        ``_head`` holds an incomplete header, ``_skip`` the payload bytes still to come."""
-        size = len(data)
-        i = 0
-        while i < size:
-            if self._skip:
-                step = min(self._skip, size - i)
-                self._skip -= step
-                i += step
-                continue
-            head = self._head + data[i:i + 14]
-            if len(head) < 2:
-                self._head = head
-                return
-            second = head[1]
-            length = second & 0x7F
-            need = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if second & 0x80 else 0)
-            if len(head) < need:
-                self._head = head
-                return
-            if length == 126:
-                length = int.from_bytes(head[2:4], "big")
-            elif length == 127:
-                length = int.from_bytes(head[2:10], "big")
-            i += need - len(self._head)
-            self._head = b""
-            self._skip = length
+    def _close_between_fragments(self, payload: bytes) -> None:
+        """A close frame between the fragments of a message (RFC 6455 section 5.4: a
+        control frame may come there): the message is dropped and the closing handshake
+        completes as usual, echoing the code (section 5.5.1); then the server closes
+        the TCP connection (section 7.1.1). An invalid code is a protocol error (1002),
+        a reason that is not UTF-8 invalid data (1007), as anywhere else."""
+        self._assembler.reset()
+        try:
+            received = Close.parse(payload)
+        except ProtocolError as exc:
+            self._fail(closecodes.PROTOCOL_ERROR, str(exc))
+            return
+        except UnicodeDecodeError as exc:
+            self._fail(closecodes.INVALID_DATA, f"invalid UTF-8 at {exc.start}")
+            return
+        if TRACER.active:
+            TRACER.record(self, "in", "ws-close", received.reason, code=received.code, fin=True)
+        self._closing = True
+        if self.close_code is None:
+            self.close_code, self.close_reason = received.code, received.reason
+        ws = self._ws
+        if ws.state is _OPEN:
+            if payload:
+                ws.send_close(received.code, received.reason)
+            else:
+                ws.send_close()
+        self._write_protocol_output()
+        self._transport.close()
 
     def _simple_frames(self, data: bytes) -> int:
         """The fast path for the common frame: final, masked, not compressed, text or
@@ -297,12 +302,12 @@ class WebSocketConnection(Connection, asyncio.Protocol):
                     text = payload.decode()
                 except UnicodeDecodeError as exc:
                     self._fail(closecodes.INVALID_DATA, f"invalid UTF-8 at {exc.start}")
-                    return size
+                    break
                 self._dispatch(text)
             else:
                 self._dispatch(payload)
             if self._closing:
-                return size
+                break  # the rest goes to the protocol, which reads the client's close
         if offset:
             endpoint.bytes_in += offset
             self.last_recv = endpoint.hub.loop.time()
@@ -425,20 +430,50 @@ class WebSocketConnection(Connection, asyncio.Protocol):
             return
         if self._pending:
             self._flush_pending_now()
+        ws = self._ws
+        superseded = ws.state is not _OPEN  # see _supersede
         self._closing = True
         self.close_code, self.close_reason = code, reason
-        ws = self._ws
-        if ws.state is _OPEN:
+        if superseded:
+            self._supersede(code, reason)
+        else:
             ws.send_close(*close_args(code, reason))
             self._write_protocol_output()
         self._schedule_abort(self.endpoint.config.close_timeout)
 
     def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 section 7.1.7) for what the client sent:
+        answers to what came before are written first, then the close frame."""
+        if self._pending and not self._closing:
+            self._flush_pending_now()
         self.close_code, self.close_reason = code, reason
-        self._ws.fail(code, reason)
-        self._closing = True
-        self._write_protocol_output()
+        ws = self._ws
+        if ws.state is not _OPEN and not self._closing:
+            self._closing = True
+            self._supersede(code, reason)
+        else:
+            ws.fail(code, reason)
+            self._closing = True
+            self._write_protocol_output()
         self._schedule_abort(self.endpoint.config.close_timeout)
+
+    def _supersede(self, code: int, reason: str) -> None:
+        """Close with ``code`` although the protocol has already failed the connection.
+
+        That happens only while the events of one read are handled (otherwise its
+        close frame is written, and the connection is closing): the protocol parsed a
+        later frame of the read, found it malformed and queued its close frame, and the
+        frame being handled now turns out to end the connection first (invalid UTF-8,
+        or the application closes). The first frame in the stream decides, as if the
+        frames had come one per read: the protocol's close is dropped, this one sent,
+        and the TCP connection closed (RFC 6455 section 7.1.7)."""
+        self._ws.data_to_send()  # the protocol's close frame and end of stream: not sent
+        code, reason = close_args(code, reason)
+        data = frame(OP_CLOSE, Close(code, reason).serialize())
+        self._transport.write(data)
+        if TRACER.active:
+            TRACER.ws_bytes_out(self, data, self.wbits)
+        self._transport.close()
 
     def _slow_consumer(self) -> None:
         """The client does not read: drop what is queued, send the close frame behind

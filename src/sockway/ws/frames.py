@@ -15,6 +15,7 @@ import zlib
 
 __all__ = [
     "OP_BINARY",
+    "OP_CLOSE",
     "OP_TEXT",
     "deflate_payload",
     "frame",
@@ -23,6 +24,7 @@ __all__ = [
 
 OP_TEXT = 0x1
 OP_BINARY = 0x2
+OP_CLOSE = 0x8
 
 _FIN = 0x80
 _RSV1 = 0x40
