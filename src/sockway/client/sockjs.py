@@ -19,11 +19,11 @@ import aiohttp
 import websockets
 
 from sockway.client.base import ClientConnection
+from sockway.client.streams import Splitter
 
 __all__ = ["TRANSPORTS", "SockJSClient"]
 
 TRANSPORTS = ("websocket", "xhr-streaming", "xhr-polling", "eventsource", "htmlfile", "jsonp-polling")
-_SCRIPT = re.compile(rb"<script>\np\((.*?)\);\n</script>\r\n", re.S)
 _JSONP = re.compile(rb"/\*\*/cb\((.*)\);\r\n", re.S)  # matched whole (fullmatch)
 
 
@@ -140,11 +140,9 @@ class SockJSClient(ClientConnection):
         while self.close_code is None:
             async with self.http.post(self._url("xhr_streaming")) as response:
                 await self._check(response)
-                buffer = b""
+                lines = Splitter(b"\n")
                 async for chunk in response.content.iter_any():
-                    buffer += chunk
-                    while b"\n" in buffer:
-                        line, buffer = buffer.split(b"\n", 1)
+                    for line in lines.feed(chunk):
                         if line.startswith(b"hhhh"):
                             continue  # the 2 KiB prelude
                         if not self._frame(line.decode()):
@@ -156,11 +154,9 @@ class SockJSClient(ClientConnection):
         while self.close_code is None:
             async with self.http.get(self._url("eventsource")) as response:
                 await self._check(response)
-                buffer = b""
+                events = Splitter(b"\r\n\r\n")
                 async for chunk in response.content.iter_any():
-                    buffer += chunk
-                    while b"\r\n\r\n" in buffer:
-                        event, buffer = buffer.split(b"\r\n\r\n", 1)
+                    for event in events.feed(chunk):
                         for line in event.split(b"\r\n"):
                             if line.startswith(b"data: ") and not self._frame(line[6:].decode()):
                                 return
@@ -170,18 +166,17 @@ class SockJSClient(ClientConnection):
         while self.close_code is None:
             async with self.http.get(self._url("htmlfile", "c=cb")) as response:
                 await self._check(response)
-                buffer = b""
+                scripts = Splitter(b"</script>\r\n")
                 async for chunk in response.content.iter_any():
-                    buffer += chunk
-                    start = buffer.find(b"<script>\np(")
-                    while start >= 0:
-                        match = _SCRIPT.match(buffer, start)
-                        if match is None:
-                            break
-                        buffer = buffer[match.end():]
-                        if not self._frame(json.loads(match.group(1))):
+                    for script in scripts.feed(chunk):
+                        # <script>\np(<JSON string>);\n, after the page's head for the first.
+                        start = script.find(b"<script>\np(")
+                        if start < 0:
+                            continue  # the page's head
+                        if not script.endswith(b");\n"):
+                            raise ConnectionError(f"unexpected htmlfile content {script[start:start + 80]!r}")
+                        if not self._frame(json.loads(script[start + 11:-3])):
                             return
-                        start = buffer.find(b"<script>\np(")
 
     async def _read_polling(self) -> None:
         assert self.http is not None
