@@ -249,6 +249,8 @@ class WebSocketConnection(Connection, asyncio.Protocol):
             return
         if TRACER.active:
             TRACER.record(self, "in", "ws-close", received.reason, code=received.code, fin=True)
+        if self._pending and not self._closing:
+            self._flush_pending_now()  # answers to what came before the close go first
         self._closing = True
         if self.close_code is None:
             self.close_code, self.close_reason = received.code, received.reason
