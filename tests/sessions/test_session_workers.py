@@ -95,10 +95,10 @@ def test_worker_processes_share_sessions(options):
                              "--worker-ports", str(own)], port, {"SOCKWAY_NO_UVLOOP": ""}, ROOT)
         workers = [f"http://127.0.0.1:{own}", f"http://127.0.0.1:{own + 1}"]
         try:
-            gw.wait_ready()
-            wait_status(gw, 200)
+            gw.wait_ready(40)  # two processes starting on a loaded machine
+            wait_status(gw, 200, 40)
             for url in workers:  # each worker ready on its own port
-                assert wait_for(lambda url=url: ready(url) == 200, 15), f"{url} not ready"
+                assert wait_for(lambda url=url: ready(url) == 200, 40), f"{url} not ready"
 
             async def scenario() -> None:
                 for transport in TRANSPORTS:
