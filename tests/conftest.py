@@ -70,7 +70,7 @@ def group_of(nodeid: str) -> str:
 class GroupProgress:
     """Prints ``tests/unit: 212 tests…`` when a directory's first test starts and
     ``tests/unit: 212 passed in 14.1 s  [964 of 1006, 2:31]`` when its last one ends; a
-    passing test prints nothing else (failures and skips keep their letter)."""
+    test prints nothing else, unless it fails: then its name, at once."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
@@ -101,8 +101,15 @@ class GroupProgress:
             reporter.write_line(text)
 
     def pytest_report_teststatus(self, report: pytest.TestReport, config: pytest.Config):
-        if report.when == "call" and report.passed and not hasattr(report, "wasxfail"):
-            return "passed", "", "PASSED"  # no dot: the group's line counts it
+        """No letter per test: the group's line counts them, and names the failures."""
+        if hasattr(report, "wasxfail"):
+            return None
+        if report.when == "call":
+            return report.outcome, "", report.outcome.upper()
+        if report.when == "setup" and report.skipped:
+            return "skipped", "", "SKIPPED"
+        if report.failed:
+            return "error", "", "ERROR"
         return None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -117,6 +124,8 @@ class GroupProgress:
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
         elif report.when == "teardown" and report.failed:
             outcomes["error"] = outcomes.get("error", 0) + 1
+        if report.failed:  # named at once: the details come in the summary at the end
+            self._line(f"{'FAILED' if report.when == 'call' else 'ERROR'} {report.nodeid} ({report.when})")
         if report.when != "teardown":
             return
         self.done[group] = self.done.get(group, 0) + 1
