@@ -381,7 +381,7 @@ def test_echo_picker_lists_every_transport() -> None:
 def test_echo_page_picker(open_page: OpenPage, demo: DemoGateway, transport: str) -> None:
     """Choosing a transport in the page's picker reconnects over it (and only it)."""
     page = open_page("/echo.html")
-    assert page.text_content("#status") == "connected over websocket"  # what SockJS picks here
+    assert page.text_content("#status").startswith("connected over ")  # what SockJS picks (websocket, unless slow)
     assert page.input_value("#transport") == ""
     if transport:
         with page.expect_navigation():

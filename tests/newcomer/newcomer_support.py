@@ -80,9 +80,16 @@ class FreshDemo:
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+# What this run inherits and a newcomer's shell has not: its virtual environment, and
+# make's own variables when the suite runs under `make test` (a make started with them
+# thinks it is a sub-make and prints "Entering directory" lines).
+NOT_A_NEWCOMERS = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES",
+                   "MAKE_TERMOUT", "MAKE_TERMERR", "PIP_DISABLE_PIP_VERSION_CHECK")
+
+
 def clean_env() -> dict[str, str]:
-    """The environment of a newcomer's shell: none of this test run's virtual environment."""
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    """The environment of a newcomer's shell."""
+    env = {k: v for k, v in os.environ.items() if k not in NOT_A_NEWCOMERS}
     bin_dir = str(ROOT / ".venv" / "bin")
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != bin_dir)
     return env
