@@ -2,7 +2,7 @@
 """Run the Autobahn|Testsuite fuzzing client against a sockway echo endpoint.
 
     .venv/bin/python scripts/autobahn.py            # the CI subset (under a minute)
-    .venv/bin/python scripts/autobahn.py --full     # all 473 cases (several minutes)
+    .venv/bin/python scripts/autobahn.py --full     # all 517 cases (over an hour on 2 busy cores)
     .venv/bin/python scripts/autobahn.py --cases 5.6 7.1.5
 
 The test suite (``autobahntestsuite``, its ``wstest`` program) is Python 2 code, even
@@ -60,7 +60,7 @@ fragments (12.1.1, 12.1.11), with four of the seven offers of different paramete
 throughput more than conformance: 9.1-9.6 (messages of 64 KiB to 16 MiB, whole or in
 up to 65,536 fragments), the other 12.1 cases and 12.2-12.5 (a thousand compressed
 messages of up to 128 KiB each, under various fragmentations), and the other 13 cases
-(the same under each offer). ``--full`` runs all 473."""
+(the same under each offer). ``--full`` runs all 517 cases of 25.10.1."""
 
 PYTHON2_CANDIDATES = [
     os.environ.get("SOCKWAY_PYTHON2", ""),
