@@ -132,7 +132,7 @@ def _setup_logging(level: str, fmt: str = "text") -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from sockway.edge.server import run
+    from sockway.gateway import run
 
     overrides = {
         "host": args.host,
@@ -260,7 +260,7 @@ def _run_workers(workers: int, raw_argv: list[str]) -> int:
 
 
 def _cmd_testserver(args: argparse.Namespace) -> int:
-    from sockway.edge.server import run
+    from sockway.gateway import run
     from sockway.testserver import testserver_config
 
     extra = {"sockjs_url": args.sockjs_url} if args.sockjs_url else {}

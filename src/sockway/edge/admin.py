@@ -31,7 +31,9 @@ from sockway.hub.trace import TRACER, TraceFilter, Watch
 from sockway.jsonutil import dumps
 
 if TYPE_CHECKING:
-    from sockway.edge.server import Gateway
+    from prometheus_client import CollectorRegistry
+
+    from sockway.hub.hub import Hub
 
 __all__ = ["add_admin_routes"]
 
@@ -47,11 +49,10 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 
 class Admin:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.hub = gateway.hub
-        key = gateway.config.api.key
-        self.key = key.encode() if key else None
+    def __init__(self, hub: Hub, api_key: str | None, registry: CollectorRegistry) -> None:
+        self.hub = hub
+        self.registry = registry
+        self.key = api_key.encode() if api_key else None
         self.started = time.time()
 
     def authorized(self, request: web.Request) -> web.Response | None:
@@ -67,7 +68,7 @@ class Admin:
         """The Prometheus text format (0.0.4), or OpenMetrics when the scraper asks for
         it in ``Accept`` (as Prometheus does)."""
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encoder(self.gateway.metrics.registry), headers={"Content-Type": content_type})
+        return web.Response(body=encoder(self.registry), headers={"Content-Type": content_type})
 
     async def healthz(self, request: web.Request) -> web.Response:
         return _json({"status": "ok", "uptime": round(time.time() - self.started, 3)})
@@ -245,8 +246,8 @@ class Admin:
             receiving.cancel()
 
 
-def add_admin_routes(app: web.Application, gateway: Gateway) -> Admin:
-    admin = Admin(gateway)
+def add_admin_routes(app: web.Application, hub: Hub, api_key: str | None, registry: CollectorRegistry) -> Admin:
+    admin = Admin(hub, api_key, registry)
     app.router.add_get("/metrics", admin.metrics)
     app.router.add_get("/healthz", admin.healthz)
     async def to_dashboard(request: web.Request) -> web.Response:

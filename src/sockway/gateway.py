@@ -1,5 +1,7 @@
-"""Building and running the gateway: the aiohttp application, TLS, signals and
-graceful shutdown."""
+"""The composition root: builds one gateway process from its configuration (the broker,
+the hub and its endpoints, the edge's HTTP/WebSocket server, the bridges) and runs it
+(TLS, signals, graceful shutdown). Nothing else in the package builds these parts, and
+nothing imports this module but the command line."""
 
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ __all__ = ["Gateway", "run"]
 
 log = logging.getLogger("sockway")
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 STEP_TIMEOUT = 3.0
 """Seconds each shutdown step after closing the clients may take."""
 
@@ -52,7 +54,7 @@ class Gateway:
         max_tcp, max_tcp_per_address = tcp_limits(config)
         self.door = Door(self.loop, max_tcp, max_tcp_per_address, self.proxies,
                          config.head_timeout, config.send_timeout)
-        """Every TCP connection is counted here from its accept (edge.admission)."""
+        """Every TCP connection is counted here from its accept (sockway.edge.admission)."""
         self.hub.add_sweeper(self.door.sweep)
         self.app = web.Application(client_max_size=max(
             [e.max_message_size * 2 + 1024 for e in config.endpoints] + [1 << 20]))
@@ -71,7 +73,7 @@ class Gateway:
             self.app.router.add_route("*", endpoint_config.prefix + "{tail:(/.*)?}", routes)
         self.metrics = Metrics(self.hub, self._tcp_metrics)
         self.hub.commands.observe = self.metrics.command_latency.observe
-        self.admin = add_admin_routes(self.app, self)
+        self.admin = add_admin_routes(self.app, self.hub, config.api.key, self.metrics.registry)
         self.bridges: list = []
         if config.api.key:
             add_api_routes(self.app, self.hub, config.api.key)
