@@ -567,10 +567,14 @@ class RedisBroker(Broker):
                     self.stats["connects"] += 1
                     log.info("connected to Redis at %s (node %s)", self._where(), self.node_id)
                     if self._connected_once.is_set():
-                        # Connections pooled before the loss may be dead: drop them all, so
-                        # that no command fails on one now that Redis is back.
+                        # Idle connections pooled before the loss may be dead: drop them,
+                        # so that no command fails on one now that Redis is back. Not the
+                        # ones in use: they are alive (a command is running on them) or
+                        # fail their command by themselves; closing them here would fail
+                        # a publish that Redis is running fine, when only the pub/sub
+                        # connection was lost.
                         for client in (self.redis, self._blocking):
-                            _spawn(client.connection_pool.disconnect())
+                            _spawn(client.connection_pool.disconnect(inuse_connections=False))
                 self._connected = True
                 self._connected_once.set()
                 return True
