@@ -317,7 +317,7 @@ class ServerConfig:
     max_tcp_connections: int = 0
     """TCP connections open at once on this process, counted as they are accepted,
     before any HTTP is read (every socket a client opened: WebSockets, SockJS
-    requests, API calls). At the limit a new connection is closed at once, so that the
+    requests, API calls, TCP tunnel clients). At the limit a new connection is closed at once, so that the
     process never runs out of descriptors and established clients keep working. 0: the
     descriptor limit (the soft RLIMIT_NOFILE, which sockway raises to the hard limit
     at start) minus a reserve for brokers, logs and listeners of an eighth of it, at
@@ -325,7 +325,7 @@ class ServerConfig:
     until its first request head is complete, about 1 KiB."""
     max_tcp_per_address: int = 0
     """TCP connections open at once from one client address (an IPv6 client: its /64),
-    counted and refused like max_tcp_connections. Peers in trusted_proxies are exempt
+    of every kind together, counted and refused like max_tcp_connections. Peers in trusted_proxies are exempt
     (behind a proxy, every client comes from the proxy's address). 0: a sixteenth of
     max_tcp_connections, at least 64."""
     head_timeout: float = 10.0

@@ -90,7 +90,8 @@ class Gateway:
         if config.tunnels:
             from sockway.bridge.tunnel import TcpTunnel
 
-            self.bridges.extend(TcpTunnel(self.hub, tunnel) for tunnel in config.tunnels)
+            self.bridges.extend(TcpTunnel(self.hub, tunnel, self.door, config.socket_send_buffer)
+                                for tunnel in config.tunnels)
         # Last: a static directory at "/" would otherwise shadow every route after it.
         self._add_static_routes()
 

@@ -179,6 +179,8 @@ class Door:
         """Connections closed at accept because max_tcp_connections were open."""
         self.refused_address = 0
         """...because max_tcp_per_address were open from their address."""
+        self.last_refusal = ""
+        """The setting that refused the last connection refused (for a message)."""
         self.head = Phase("request head", head_timeout)
         self.send = Phase("send", send_timeout)
         self.bad_requests = 0
@@ -202,6 +204,7 @@ class Door:
     def admit_address(self, host: str) -> Ticket | None:
         if self.open >= self.max_total:
             self.refused_total += 1
+            self.last_refusal = "max_tcp_connections"
             complaints.warning("refused-total", "refusing a connection from %s: %d TCP connections "
                                "open (max_tcp_connections)", host, self.open)
             return None
@@ -212,6 +215,7 @@ class Door:
             count = self.by_address.get(key, 0)
             if count >= self.max_per_address:
                 self.refused_address += 1
+                self.last_refusal = "max_tcp_per_address"
                 complaints.warning("refused-address", "refusing a connection from %s: %d TCP "
                                    "connections open from there (max_tcp_per_address)", host, count)
                 return None
