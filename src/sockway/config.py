@@ -214,16 +214,18 @@ class AuthConfig:
 @dataclass
 class ZmqConfig:
     sub: str | None = None
-    """Commands in: a bound SUB socket that programs PUB-connect to (the talk's
-    pattern), e.g. "tcp://127.0.0.1:5555"."""
+    """Data in: a bound SUB socket that programs PUB-connect to (the talk's pattern),
+    e.g. "tcp://127.0.0.1:5555". A one-frame message goes to ``default`` byte for byte,
+    whatever it looks like; it never runs a command."""
     pull: str | None = None
-    """Commands in: a bound PULL socket that programs PUSH-connect to. Unlike PUB, a
-    PUSH socket keeps what it sends before its connection is up."""
+    """Commands and data in: a bound PULL socket that programs PUSH-connect to. A
+    one-frame JSON command (or array of them) is run; any other message is handled as
+    on ``sub``. Unlike PUB, a PUSH socket keeps what it sends before its connection is up."""
     push: str | None = None
     """Events out: a bound PUSH socket that workers PULL from, e.g. "tcp://127.0.0.1:5556"."""
     default: str | None = None
-    """Where a plain message that is not a command goes: "channel:<name>" or
-    "endpoint:<prefix>" (a broadcast endpoint)."""
+    """Where a one-frame message that is not a command goes, byte for byte:
+    "channel:<name>" or "endpoint:<prefix>" (a broadcast endpoint)."""
     hwm: int = 100_000
     """High-water mark of each socket (messages; 0: ZeroMQ's "no limit")."""
 

@@ -20,7 +20,7 @@ try:  # pragma: no cover - exercised by whichever path is installed
 except ImportError:  # pragma: no cover
     _orjson = None
 
-__all__ = ["HAVE_ORJSON", "Json", "dumps", "dumps_str", "exact", "loads"]
+__all__ = ["HAVE_ORJSON", "Json", "binary_text", "dumps", "dumps_str", "exact", "loads"]
 
 HAVE_ORJSON = _orjson is not None
 
@@ -86,15 +86,27 @@ def _loads_raw(raw: bytes) -> Any:
         return loads(raw.decode("utf-8", "surrogatepass"))
 
 
+def binary_text(data: bytes | bytearray | memoryview) -> str:
+    """Binary data (a raw WebSocket client's binary message, a ZeroMQ message that is
+    not UTF-8) where a JSON document holds it (the channels protocol's envelope, a
+    history answer): its UTF-8 text, each invalid sequence replaced by U+FFFD, as SockJS
+    clients receive it too. JSON has no bytes."""
+    return bytes(data).decode("utf-8", "replace")
+
+
 def _fragment(obj: Any) -> Any:
     if isinstance(obj, Json):
         return _orjson.Fragment(obj.raw)  # type: ignore[union-attr]
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return binary_text(obj)
     raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
 
 
 def _parsed(obj: Any) -> Any:
     if isinstance(obj, Json):
         return obj.value
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return binary_text(obj)
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 

@@ -52,7 +52,8 @@ from sockway.jsonutil import Json, dumps
 if TYPE_CHECKING:
     from sockway.hub.hub import Hub
 
-__all__ = ["MAX_DEPTH", "OPS", "CommandError", "Commands", "encode_data", "json_size", "parse_position"]
+__all__ = ["MAX_DEPTH", "OPS", "CommandError", "Commands", "encode_data", "json_size", "message_data",
+           "parse_position"]
 
 MAX_DATA = 1 << 20
 MAX_DEPTH = 128
@@ -133,13 +134,32 @@ def _data(cmd: dict, limit: int = MAX_DATA) -> Any:
     return data
 
 
-def _published(cmd: dict, limit: int = MAX_DATA) -> Json:
-    """:func:`_data` encoded once, as history keeps it and envelopes carry it."""
+def message_data(raw: bytes) -> str | bytes:
+    """A message taken byte for byte (a one-frame ZeroMQ message, an ``/api/broadcast``
+    body sent with ``?endpoint=``), as the ``data`` of a publish or broadcast: its text
+    when it is UTF-8, which recipients of the bare data (broadcast endpoints) receive as
+    a text message of exactly these bytes; otherwise the bytes themselves, published as
+    binary data like a raw WebSocket client's binary message (a binary frame to raw
+    WebSocket recipients; SockJS and the channels protocol carry text only: UTF-8 with
+    U+FFFD for each invalid sequence)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+def _published(cmd: dict, limit: int = MAX_DATA) -> Json | bytes:
+    """:func:`_data` encoded once, as history keeps it and envelopes carry it; binary
+    data (:func:`message_data`, never from JSON) as it is."""
     if "data" not in cmd:
         raise CommandError("bad_request", "'data' is required (any JSON value)")
     value = cmd["data"]
-    data = encode_data(value)
-    size = len(value.encode("utf-8", "surrogatepass")) if isinstance(value, str) else len(data.raw)
+    data: Json | bytes
+    if isinstance(value, bytes):
+        data, size = value, len(value)
+    else:
+        data = encode_data(value)
+        size = len(value.encode("utf-8", "surrogatepass")) if isinstance(value, str) else len(data.raw)
     if size > limit:
         raise CommandError("too_large", f"'data' is {size} bytes; the limit is {limit}", 413)
     return data

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sockway.jsonutil import HAVE_ORJSON, Json, exact
+from sockway.jsonutil import HAVE_ORJSON, Json, binary_text, exact
 
 if HAVE_ORJSON:
     import orjson
@@ -63,15 +63,20 @@ def encode_json(obj: Any) -> bytes:
 def _embed(obj: Any) -> Any:
     """A :class:`Json` (publication data in a history answer) goes in as it is, unless
     its bytes are not UTF-8 (a lone surrogate): then as its value, which sends the
-    whole document down the escaped path."""
+    whole document down the escaped path. Binary data goes in as its text
+    (:func:`~sockway.jsonutil.binary_text`)."""
     if isinstance(obj, Json):
         return orjson.Fragment(obj.raw) if obj.utf8() else obj.value
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return binary_text(obj)
     raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
 
 
 def _value(obj: Any) -> Any:
     if isinstance(obj, Json):
         return obj.value
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return binary_text(obj)
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 

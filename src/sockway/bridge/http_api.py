@@ -1,6 +1,9 @@
 """The HTTP API: the application's commands over plain HTTP, key-protected.
 
-Every endpoint takes and returns JSON. Success: ``200 {"result": ...}``. Failure: the
+Every endpoint takes and returns JSON, but one: ``POST /api/broadcast?endpoint=<prefix>``
+takes the message itself as the body, whatever its Content-Type, and broadcasts it byte
+for byte (:func:`~sockway.bridge.commands.message_data`), as a one-frame ZeroMQ message
+is. Success: ``200 {"result": ...}``. Failure: the
 status of the error and ``{"error": {"code": ..., "message": ...}}``. The OpenAPI 3.1
 description is served at ``/api/openapi.json`` (no key needed) and checked against the
 running server by the test suite.
@@ -14,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from sockway import __version__
-from sockway.bridge.commands import CommandError
+from sockway.bridge.commands import MAX_DATA, CommandError, message_data
 from sockway.bridge.events import encode_json
 from sockway.bridge.schema import openapi_components
 from sockway.edge.body import BodyError, read_body
@@ -89,6 +92,13 @@ class Api:
         except RecursionError:
             raise CommandError("bad_request", "the body is nested too deeply") from None
 
+    async def _raw_body(self, request: web.Request) -> bytes:
+        """The whole body as it is (at most MAX_DATA bytes, the data limit of a broadcast)."""
+        try:
+            return await read_body(request, MAX_DATA, self.hub.config.body_timeout)
+        except BodyError as exc:
+            raise CommandError("too_large" if exc.status == 413 else "timeout", exc.message, exc.status) from None
+
     def command_handler(self, op: str):
         async def handle(request: web.Request) -> web.Response:
             if not self.authorized(request):
@@ -102,6 +112,10 @@ class Api:
                             body["limit"] = int(body["limit"])
                         except ValueError:
                             raise CommandError("bad_request", "'limit' must be an integer") from None
+                elif op == "broadcast" and "endpoint" in request.query:
+                    # The endpoint in the URL: the body is the message, byte for byte.
+                    raw = await self._raw_body(request)
+                    body = {"endpoint": request.query["endpoint"], "data": message_data(raw)}
                 else:
                     body = await self._body(request)
                 if not isinstance(body, dict):
@@ -195,6 +209,19 @@ def openapi_document() -> dict:
                 "400": error, "401": error, "404": error, "409": error, "413": error,
             },
         }}
+    broadcast = paths["/api/broadcast"]["post"]
+    broadcast["description"] = (
+        "With the `endpoint` query parameter, the body is not a command but the message "
+        "itself, whatever its Content-Type: browsers receive it byte for byte (text when it "
+        "is UTF-8, else binary data), at most 1 MiB.")
+    broadcast["parameters"] = [{
+        "name": "endpoint", "in": "query", "required": False,
+        "schema": commands["broadcast"]["properties"]["endpoint"],
+        "description": "the broadcast endpoint; the body is then the message itself"}]
+    broadcast["requestBody"]["content"]["application/octet-stream"] = {
+        "schema": {"type": "string", "format": "binary"}}
+    broadcast["requestBody"]["content"]["text/plain"] = {
+        "schema": {"type": "string"}}
     for op in ("presence", "history"):
         fields = commands[op]["properties"]
         params = [{"name": "channel", "in": "query", "required": True, "schema": fields["channel"]}]

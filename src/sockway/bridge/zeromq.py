@@ -1,18 +1,24 @@
 """The talk's ZeroMQ pattern (docs/bridge.md, "ZeroMQ").
 
 * A bound **SUB** socket (``[zeromq] sub``, e.g. tcp://127.0.0.1:5555) that any program
-  PUB-connects to and publishes commands into, and a bound **PULL** socket
-  (``[zeromq] pull``) for programs that PUSH-connect instead.
+  PUB-connects to and publishes *data* into: it never runs a command.
+* A bound **PULL** socket (``[zeromq] pull``) for programs that PUSH-connect instead: the
+  one way in for *commands*, and data as on SUB.
 * A bound **PUSH** socket (``[zeromq] push``, e.g. tcp://127.0.0.1:5556) from which any
   number of worker processes PULL application events (one JSON object per message).
 
 Wire format of what comes in, one ZeroMQ message each:
 
-* one frame holding a JSON command object (``{"op": ...}``) or a JSON array of them;
+* one frame: a message, delivered *byte for byte* to ``[zeromq] default``
+  (``channel:<name>`` or ``endpoint:<prefix>``), whatever it looks like: JSON text is
+  not parsed and re-encoded, ``{"op": "stats"}`` is not run. Valid UTF-8 is published
+  as that text (a text frame of exactly those bytes to a raw WebSocket client, the same
+  string to a SockJS one); anything else as binary data (a binary frame to a raw
+  WebSocket client; SockJS, text only, gets it as UTF-8 with U+FFFD for what is not);
+* on PULL only, one frame holding a JSON command object (``{"op": ...}``) or a
+  non-empty JSON array of them is run instead;
 * two frames ``[channel, data]``: publish ``data`` (JSON if it parses, else the string)
-  to ``channel``, like a topic-prefixed PUB/SUB message;
-* one frame that is anything else: published to ``[zeromq] default`` (``channel:<name>``
-  or ``endpoint:<prefix>``), so a script that connects and sends one string works.
+  to ``channel``, like a topic-prefixed PUB/SUB message.
 
 A PUB socket drops what it sends before its connection (and the gateway's subscription)
 is up: ZeroMQ's "slow joiner". A script that connects and sends at once should PUSH to
@@ -25,13 +31,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from typing import TYPE_CHECKING
 
 import zmq
 import zmq.asyncio
 
-from sockway.bridge.commands import CommandError
+from sockway.bridge.commands import CommandError, message_data
 from sockway.jsonutil import loads
+from sockway.ratelog import RateLimitedLog
 
 if TYPE_CHECKING:
     from sockway.bridge.events import EventQueue
@@ -41,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = ["ZmqBridge"]
 
 log = logging.getLogger("sockway.zeromq")
+complaints = RateLimitedLog(log)
 
 
 class ZmqBridge:
@@ -97,11 +106,12 @@ class ZmqBridge:
         self.context.term()
 
     async def _receive(self, sock: zmq.asyncio.Socket, name: str) -> None:
+        commands = name == "pull"
         while True:
             frames = await sock.recv_multipart()
             self.received += 1
             try:
-                await self.handle(frames)
+                await self.handle(frames, commands=commands)
             except CommandError as exc:
                 self.errors += 1
                 log.warning("ZeroMQ %s: command refused: %s", name, exc.message)
@@ -109,33 +119,42 @@ class ZmqBridge:
                 self.errors += 1
                 log.exception("ZeroMQ %s: message failed", name)
 
-    async def handle(self, frames: list[bytes]) -> None:
-        commands = self.hub.commands
+    async def handle(self, frames: list[bytes], *, commands: bool = False) -> None:
+        """One message from the SUB socket, or from the PULL one (``commands``: a
+        single frame that is a JSON command, or an array of them, is run)."""
+        hub_commands = self.hub.commands
         if len(frames) == 2:
             channel = frames[0].decode("utf-8", "replace")
-            await commands.execute({"op": "publish", "channel": channel, "data": _value(frames[1])})
+            await hub_commands.execute({"op": "publish", "channel": channel, "data": _value(frames[1])})
             return
         if len(frames) != 1:
             raise CommandError("bad_request", f"expected 1 or 2 frames, got {len(frames)}")
-        value = _value(frames[0])
-        if isinstance(value, dict) and "op" in value:
-            await commands.execute(value)
-            return
-        if isinstance(value, list) and value and all(isinstance(c, dict) and "op" in c for c in value):
-            for result in await commands.execute_many(value):
-                if "error" in result:
-                    log.warning("ZeroMQ: command refused: %s", result["error"]["message"])
-            return
+        frame = frames[0]
+        if commands:
+            command = _command(frame)
+            if isinstance(command, dict):
+                await hub_commands.execute(command)
+                return
+            if command is not None:
+                for result in await hub_commands.execute_many(command):
+                    if "error" in result:
+                        log.warning("ZeroMQ: command refused: %s", result["error"]["message"])
+                return
+        elif _looks_like_command(frame):
+            complaints.warning("sub-command", "ZeroMQ sub: a message that looks like a JSON command "
+                               "was delivered as data to %s: the SUB socket runs no command; send "
+                               "commands to the PULL socket ([zeromq] pull)", self.config.default)
         target = self.config.default
         if not target:
             self.unrouted += 1
-            raise CommandError("bad_request", "not a command, and no [zeromq] default is set "
-                               "(\"channel:<name>\" or \"endpoint:<prefix>\")")
+            raise CommandError("bad_request", "a one-frame message goes to [zeromq] default, and none "
+                               "is set (\"channel:<name>\" or \"endpoint:<prefix>\")")
         kind, _, name = target.partition(":")
+        data = message_data(frame)
         if kind == "channel":
-            await commands.execute({"op": "publish", "channel": name, "data": value})
+            await hub_commands.execute({"op": "publish", "channel": name, "data": data})
         else:
-            await commands.execute({"op": "broadcast", "endpoint": name, "data": value})
+            await hub_commands.execute({"op": "broadcast", "endpoint": name, "data": data})
 
     async def _send_events(self, sock: zmq.asyncio.Socket) -> None:
         queue = self.queue
@@ -148,6 +167,34 @@ class ZmqBridge:
 
     def stats(self) -> dict:
         return {"received": self.received, "errors": self.errors, "unrouted": self.unrouted}
+
+
+_CONTAINER = re.compile(rb"[ \t\r\n]*[\[{]")
+"""The start of a JSON object or array (JSON's whitespace first, RFC 8259 section 2)."""
+
+
+def _command(frame: bytes) -> dict | list | None:
+    """The command (a JSON object with ``op``) or non-empty array of commands that
+    ``frame`` holds, or None. Only a frame that starts with ``{`` or ``[`` (after
+    whitespace) is parsed."""
+    if not _CONTAINER.match(frame):
+        return None
+    try:
+        value = loads(frame)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(value, dict) and "op" in value:
+        return value
+    if isinstance(value, list) and value and all(isinstance(c, dict) and "op" in c for c in value):
+        return value
+    return None
+
+
+def _looks_like_command(frame: bytes) -> bool:
+    """Whether a frame on the SUB socket looks like what a program written for the
+    SUB socket's former rule (commands there too) would send: a JSON object or array
+    with an ``"op"`` key somewhere. Only for a warning; nothing is parsed."""
+    return _CONTAINER.match(frame) is not None and b'"op"' in frame
 
 
 def _value(frame: bytes):
