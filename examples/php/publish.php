@@ -8,8 +8,9 @@
  *
  * The script sends one ZeroMQ message. A message that is not a command goes to the
  * gateway's [zeromq] default target ("endpoint:/chat" in examples/sockway.toml: every
- * client of the /chat broadcast endpoint gets it). The gateway parses it as JSON when it
- * can, so '{"title": "hi"}' arrives as that object and "Hello" as a string.
+ * client of the /chat broadcast endpoint gets it) byte for byte: '{"title": "hi"}'
+ * arrives as that text, spaces and all. Commands (--channel) are run by the PULL socket
+ * only: with --pub, the SUB socket delivers them as text too.
  *
  * PUSH or PUB?
  *

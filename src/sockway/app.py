@@ -11,6 +11,7 @@ Talk to the gateway from Django, Flask, a cron job or a script::
 
     publisher = ZmqPublisher("tcp://127.0.0.1:5557")       # a PUSH to the gateway's PULL
     publisher.publish("news", {"title": "hello"})
+    publisher.raw('{"as": "is"}')                           # byte for byte to [zeromq] default
 
     worker = Worker("tcp://127.0.0.1:5556", gateway)         # PULL events from the PUSH
     @worker.on("message")
@@ -123,13 +124,19 @@ class Client:
 
 
 class ZmqPublisher:
-    """Commands over ZeroMQ, fire and forget.
+    """Messages and commands over ZeroMQ, fire and forget.
 
     ``push=True`` (default) connects a PUSH socket to the gateway's PULL address: what
-    is sent right after connecting is kept until the connection is up. ``push=False``
-    connects a PUB socket to the gateway's SUB address, as in the talk; it waits
-    ``settle`` seconds after connecting, since a PUB socket drops what it sends before
-    the gateway's subscription has arrived.
+    is sent right after connecting is kept until the connection is up, and commands
+    (:meth:`command`, :meth:`publish`, :meth:`broadcast`, :meth:`send`) travel there as
+    one JSON frame each. ``push=False`` connects a PUB socket to the gateway's SUB
+    address, as in the talk; it waits ``settle`` seconds after connecting, since a PUB
+    socket drops what it sends before the gateway's subscription has arrived. The SUB
+    socket runs no command: there :meth:`publish` sends two frames ``[channel, data]``,
+    and the other commands raise ValueError.
+
+    :meth:`raw` sends one frame, exactly as given, on either socket: the gateway
+    delivers it byte for byte to its ``[zeromq] default`` target (docs/bridge.md).
 
     Sending only queues: the message leaves from ZeroMQ's I/O thread. :meth:`close`
     waits, at most ``linger`` seconds, until what was sent has left, then ends that
@@ -141,6 +148,7 @@ class ZmqPublisher:
         import zmq
 
         self._zmq = zmq
+        self.push = push
         # A context of its own: closing it is what waits for the queued messages (the
         # shared Context.instance() is never terminated at exit, and its I/O thread dies
         # with whatever is still queued).
@@ -152,11 +160,25 @@ class ZmqPublisher:
         if not push and settle:
             time.sleep(settle)
 
+    def raw(self, message: str | bytes) -> None:
+        """One frame, exactly ``message`` (a string as UTF-8): delivered byte for byte to
+        the gateway's ``[zeromq] default`` target. On the PULL socket a frame that is a
+        JSON command runs instead; the SUB socket (``push=False``) runs none."""
+        self.socket.send(message.encode("utf-8") if isinstance(message, str) else message)
+
     def command(self, op: str, **fields: Any) -> None:
+        """One command, as a JSON frame to the PULL socket."""
+        if not self.push:
+            raise ValueError(f"the gateway's SUB socket runs no command ({op!r}): use its PULL "
+                             "socket (push=True); on SUB, publish() and raw() work")
         self.socket.send(json.dumps({"op": op, **fields}).encode())
 
     def publish(self, channel: str, data: Any) -> None:
-        self.command("publish", channel=channel, data=data)
+        """Publish ``data`` (any JSON value) to ``channel``."""
+        if self.push:
+            self.command("publish", channel=channel, data=data)
+        else:
+            self.socket.send_multipart([channel.encode(), json.dumps(data).encode()])
 
     def broadcast(self, endpoint: str, data: Any) -> None:
         self.command("broadcast", endpoint=endpoint, data=data)

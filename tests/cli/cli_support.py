@@ -262,6 +262,7 @@ jwt_secret = "{secret}"
 [zeromq]
 sub = "{sub}"
 pull = "{pull}"
+default = "endpoint:/plain"
 {push_line}
 
 [[namespace]]
@@ -289,6 +290,10 @@ history = 5
 
 [[endpoint]]
 prefix = "/quiet"
+mode = "broadcast"
+
+[[endpoint]]
+prefix = "/plain"
 mode = "broadcast"
 
 [[endpoint]]

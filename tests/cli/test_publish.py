@@ -1,6 +1,7 @@
 """``sockway publish`` against a running gateway: through the HTTP API (the result
 printed, a refusal with the server's message and status 1), through ZeroMQ PUSH and PUB,
-to one connection (--conn) or a broadcast endpoint (--endpoint), stdin lines, --json,
+to one connection (--conn) or a broadcast endpoint (--endpoint) (PUSH only: SUB runs no
+command), a message as it is (--raw), stdin lines, --json,
 through Redis (a cluster's broker), and usage errors (status 2)."""
 
 from __future__ import annotations
@@ -99,10 +100,10 @@ def test_gateway_unreachable() -> None:
     assert "cannot reach" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("via", ["http", "push", "pub"])
+@pytest.mark.parametrize("via", ["http", "push"])
 def test_endpoint_broadcast(gw: CliGateway, via: str) -> None:
     mark = f"to everyone {uuid.uuid4().hex[:6]} via {via}"
-    args = {"http": http(gw), "push": ["--zmq", gw.pull], "pub": ["--zmq", gw.sub, "--pub"]}[via]
+    args = {"http": http(gw), "push": ["--zmq", gw.pull]}[via]
     with WsClient(gw.ws + "/quiet/websocket") as client:
         result = cli("publish", "--endpoint", "/quiet", mark, *args)
         assert result.returncode == 0, result.stderr
@@ -115,14 +116,41 @@ def test_endpoint_broadcast(gw: CliGateway, via: str) -> None:
                 "to": args[1], "socket": via.upper()}
 
 
-@pytest.mark.parametrize("via", ["http", "push", "pub"])
+@pytest.mark.parametrize("via", ["http", "push"])
 def test_conn(gw: CliGateway, via: str) -> None:
-    args = {"http": http(gw), "push": ["--zmq", gw.pull], "pub": ["--zmq", gw.sub, "--pub"]}[via]
+    args = {"http": http(gw), "push": ["--zmq", gw.pull]}[via]
     with ChannelClient(gw.ws + "/live/websocket") as client:
         result = cli("publish", "--conn", client.conn, '{"private": true}', "--json", *args)
         assert result.returncode == 0, result.stderr
         frame = client.next_frame(lambda f: f.get("type") == "message")
         assert frame == {"type": "message", "data": {"private": True}}
+
+
+@pytest.mark.parametrize("option", ["--conn", "--endpoint"])
+def test_pub_runs_no_command(gw: CliGateway, option: str) -> None:
+    """The gateway's SUB socket runs no command: the tool says so instead of sending
+    something that would reach browsers as text."""
+    result = cli("publish", option, "/quiet" if option == "--endpoint" else "a.1", "x", "--zmq", gw.sub, "--pub")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "the gateway's SUB socket (--pub) runs no command" in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("via", ["push", "pub"])
+def test_raw(gw: CliGateway, via: str) -> None:
+    """--raw: one frame, exactly as given, byte for byte to [zeromq] default (/plain)."""
+    args = ["--zmq", gw.pull] if via == "push" else ["--zmq", gw.sub, "--pub"]
+    mark = uuid.uuid4().hex[:6]
+    messages = [f'{{"a": 1, "b": [1, 2], "mark": "{mark}"}}', f'"quoted {mark}"']
+    with WsClient(gw.ws + "/plain/websocket") as client:
+        for message in messages:
+            result = cli("publish", "--raw", message, *args)
+            assert result.returncode == 0, result.stderr
+            assert json.loads(result.stdout) == {"sent": message, "to": args[1], "socket": via.upper()}
+        assert [client.recv(T) for _ in messages] == messages
+        result = cli("publish", "--raw", *args, input=f"line 1 {mark}\nline 2 {mark}\n")
+        assert result.returncode == 0, result.stderr
+        assert [client.recv(T) for _ in range(2)] == [f"line 1 {mark}", f"line 2 {mark}"]
 
 
 @pytest.mark.parametrize("via", ["push", "pub"])
@@ -147,6 +175,9 @@ def test_zmq_channel(gw: CliGateway, via: str) -> None:
     (["news", "x", "--zmq", "not-an-address"], "bad ZeroMQ address"),
     (["--conn", "a.1", "--endpoint", "/chat", "x", "--zmq", "tcp://127.0.0.1:1"], "not allowed with argument"),
     (["news", "x", "--url", "http://127.0.0.1:1", "--zmq", "tcp://127.0.0.1:1"], "not allowed with argument"),
+    (["--raw", "x", "--url", "http://127.0.0.1:1", "--key", "k"], "--raw sends one ZeroMQ frame"),
+    (["--raw", "news", "x", "--zmq", "tcp://127.0.0.1:1"], "--raw takes DATA alone"),
+    (["--raw", "x", "--json", "--zmq", "tcp://127.0.0.1:1"], "--raw takes DATA alone"),
 ])
 def test_usage_errors(args: list[str], message: str) -> None:
     result = cli("publish", *args, env={"SOCKWAY_URL": "", "SOCKWAY_API_KEY": ""})

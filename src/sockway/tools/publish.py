@@ -4,6 +4,7 @@ line, through any bridge (what zmqc was to the talk).
     sockway publish news '{"title": "hi"}' --json --url http://127.0.0.1:8080 --key K
     sockway publish news hello --zmq tcp://127.0.0.1:5557          # PUSH to [zeromq] pull
     sockway publish news hello --zmq tcp://127.0.0.1:5555 --pub    # PUB to [zeromq] sub
+    sockway publish --raw '{"a": 1}' --zmq tcp://127.0.0.1:5555 --pub  # as is, to [zeromq] default
     sockway publish news hello --redis redis://127.0.0.1:6379/0    # a cluster on the redis broker
     sockway publish news hello --nats nats://127.0.0.1:4222        # a cluster on the nats broker
     sockway publish --conn 3f9a1c2e.1b hello --url ... --key K      # one connection
@@ -11,6 +12,10 @@ line, through any bridge (what zmqc was to the talk).
     tail -f app.log | sockway publish logs --url ... --key K       # one message per line
 
 Without DATA, each stdin line is published. DATA is a string unless ``--json``.
+Through ZeroMQ, commands go to the PULL socket only: with ``--pub`` (the SUB socket) a
+channel publish is sent as two frames ``[channel, data]``, and ``--conn``/``--endpoint``
+are refused. ``--raw`` sends DATA as one frame, exactly as given, which the gateway
+delivers byte for byte to its ``[zeromq] default`` target.
 Output: a JSON line per message, the gateway's answer (HTTP API, Redis, NATS) or, through
 ZeroMQ, which gives none, what was sent to which address.
 Exit status: 0 when everything was accepted, 1 when the gateway refused something or
@@ -50,6 +55,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                      help="the Redis broker URL of a cluster ([broker] url, its ?prefix= included)")
     p.add_argument("--key", default=os.environ.get("SOCKWAY_API_KEY"), help="API key (or SOCKWAY_API_KEY)")
     p.add_argument("--pub", action="store_true", help="with --zmq: a PUB socket (waits for the subscription)")
+    p.add_argument("--raw", action="store_true",
+                   help="with --zmq: DATA as one frame, exactly as given, to the gateway's [zeromq] default "
+                        "(no CHANNEL)")
     return p
 
 
@@ -73,14 +81,28 @@ def _commands(args: argparse.Namespace, lines) -> list[dict]:
     return out
 
 
+def _usage_error(message: str) -> int:
+    print(f"sockway publish: {message}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.conn or args.endpoint:
+    if args.raw:
+        if not args.zmq:
+            return _usage_error("--raw sends one ZeroMQ frame: give --zmq ADDRESS")
+        if args.conn or args.endpoint or args.json or args.data is not None:
+            return _usage_error("--raw takes DATA alone (no CHANNEL, --conn, --endpoint or --json): "
+                                "it goes as it is to the gateway's [zeromq] default")
+        args.data, args.channel = args.channel, None  # the one positional is the data
+    elif args.conn or args.endpoint:
+        if args.pub:
+            return _usage_error("the gateway's SUB socket (--pub) runs no command: send --conn and "
+                                "--endpoint to its PULL socket (--zmq without --pub)")
         # The first positional is then the data.
         if args.data is None and args.channel is not None:
             args.data, args.channel = args.channel, None
     elif not args.channel:
-        print("sockway publish: give a CHANNEL (or --conn ID / --endpoint PREFIX)", file=sys.stderr)
-        return 2
+        return _usage_error("give a CHANNEL (or --conn ID / --endpoint PREFIX, or --raw)")
     if not (args.url or args.zmq or args.redis or args.nats):
         print("sockway publish: say how to reach the gateway: --url (HTTP API), --zmq, --redis or --nats",
               file=sys.stderr)
@@ -131,10 +153,20 @@ def run(args: argparse.Namespace) -> int:
         kind = "PUB" if args.pub else "PUSH"
         with publisher:
             for line in lines():
-                for cmd in _commands(args, [line]):
-                    publisher.socket.send(json.dumps(cmd).encode())
-                    # ZeroMQ gives no answer: say what went where instead.
-                    print(json.dumps({"sent": cmd, "to": args.zmq, "socket": kind}), flush=True)
+                sent: object
+                if args.raw:
+                    publisher.raw(line)
+                    sent = line
+                else:
+                    for cmd in _commands(args, [line]):
+                        if args.pub:  # a publish, as two frames: SUB runs no command
+                            sent = [cmd["channel"], json.dumps(cmd["data"])]
+                            publisher.socket.send_multipart([frame.encode() for frame in sent])
+                        else:
+                            publisher.socket.send(json.dumps(cmd).encode())
+                            sent = cmd
+                # ZeroMQ gives no answer: say what went where instead.
+                print(json.dumps({"sent": sent, "to": args.zmq, "socket": kind}), flush=True)
         return 0
     return _run_broker(args, lines())
 
